@@ -1,0 +1,309 @@
+"""Attention for the video DiT: 3D RoPE, and token layouts that say who attends to whom.
+
+A *layout* owns the geometry of one forward pass and is built once per batch (never per layer):
+
+- `GridLayout`: a single-shape batch (B, T'*H'*W' tokens). Spatial / temporal / full attention are
+  plain reshapes followed by unmasked SDPA -- the fast path.
+- `PackedLayout`: variable-shape clips packed into ONE sequence (1, N_total) with a sample id and a
+  (t, h, w) coordinate per token. Attention stays within a sample (`full`), within one frame of a
+  sample (`spatial`) or within one pixel track of a sample (`temporal`). Backends:
+  - `sdpa` (default, any device): segments of equal length are gathered into a batch and run through
+    unmasked SDPA. Exact, and no O(N^2) mask: a dense mask over a packed sequence costs N_total^2
+    where factorized attention costs sum(T * S^2) (vit-pytorch PR #353 measured dense masks 6x
+    slower than padding), so we only ever build masks for the reference backend below.
+  - `sdpa_dense`: one boolean (N, N) mask and SDPA -- the simple reference implementation.
+  - `flex`: `torch.nn.attention.flex_attention` with a BlockMask over segment ids (compiled; GPU).
+  - `flash`: `flash_attn_varlen_func` over cu_seqlens (CUDA, fp16/bf16, when flash-attn is installed).
+
+Every `attend` takes and returns q/k/v shaped (B, N, heads, head_dim).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+ATTN_KINDS = ("full", "spatial", "temporal")
+ATTN_BACKENDS = ("sdpa", "sdpa_dense", "flex", "flash")
+
+try:  # optional: flash-attn varlen kernels (CUDA only)
+    from flash_attn import flash_attn_varlen_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_varlen_func = None
+
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - old torch
+    create_block_mask = flex_attention = None
+
+
+def check_backend(backend: str, device: torch.device | None = None) -> None:
+    """Raise a helpful error when `backend` cannot run here."""
+    if backend not in ATTN_BACKENDS:
+        raise ValueError(f"attn_backend={backend!r} is unknown; choose one of {ATTN_BACKENDS}")
+    if backend == "flex" and flex_attention is None:
+        raise RuntimeError(
+            "attn_backend='flex' needs torch>=2.5 (torch.nn.attention.flex_attention); use 'sdpa'"
+        )
+    if backend == "flash":
+        if flash_attn_varlen_func is None:
+            raise RuntimeError("attn_backend='flash' needs `pip install flash-attn`; use 'sdpa' or 'flex'")
+        if device is not None and device.type != "cuda":
+            raise RuntimeError(f"attn_backend='flash' runs on CUDA only (got {device}); use 'sdpa'")
+
+
+@functools.cache
+def _compiled_flex():
+    # compiled once per process: eager flex_attention materialises the full score matrix
+    return torch.compile(flex_attention, dynamic=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions
+# ----------------------------------------------------------------------------------------------
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's dims between the t, h and w rotations (each even; t takes the remainder)."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}; change hidden_size/num_heads")
+    dh = dw = 2 * (head_dim // 6)
+    return head_dim - dh - dw, dh, dw
+
+
+def rope_3d(coords: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation angles for 3D RoPE. coords (N, 3) integer (t, h, w) -> cos, sin (N, head_dim // 2)."""
+    angles = []
+    for axis, dim in enumerate(rope_axis_dims(head_dim)):
+        inv_freq = base ** (
+            -torch.arange(0, dim, 2, device=coords.device, dtype=torch.float64) / dim
+        )  # (dim/2,)
+        angles.append(coords[:, axis, None].double() * inv_freq)  # (N, dim/2)
+    angles = torch.cat(angles, dim=-1)  # (N, head_dim/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, N, heads, d) by per-token angles cos/sin (N, d/2)."""
+    cos = cos[None, :, None, :].to(x.dtype)  # (1, N, 1, d/2)
+    sin = sin[None, :, None, :].to(x.dtype)
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, heads, d/2) each
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, N, heads, d)
+
+
+def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sin-cos embedding (as in MAE/DiT). pos (N,) -> (N, dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, device=pos.device, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double()[:, None] * omega  # (N, dim/2)
+    return torch.cat([out.sin(), out.cos()], dim=-1).float()
+
+
+def sincos_3d(coords: torch.Tensor, dim: int) -> torch.Tensor:
+    """Latte/VDT-style fixed positions: 2D spatial sin-cos plus 1D temporal sin-cos. (N, 3) -> (N, dim)."""
+    if dim % 4:
+        raise ValueError(f"sincos positions need hidden_size divisible by 4, got {dim}")
+    spatial = torch.cat([sincos_1d(coords[:, 1], dim // 2), sincos_1d(coords[:, 2], dim // 2)], dim=-1)
+    return spatial + sincos_1d(coords[:, 0], dim)  # (N, dim)
+
+
+def grid_coords(t: int, h: int, w: int, device=None) -> torch.Tensor:
+    """(t*h*w, 3) integer coordinates in (t h w) row-major order -- the token order of the model."""
+    grids = torch.meshgrid(
+        torch.arange(t, device=device),
+        torch.arange(h, device=device),
+        torch.arange(w, device=device),
+        indexing="ij",
+    )
+    return torch.stack(grids, dim=-1).reshape(-1, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts
+# ----------------------------------------------------------------------------------------------
+
+
+def _sdpa(q, k, v, mask=None):
+    """SDPA on (B, N, heads, d) tensors."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2)  # (B, N, heads, d)
+
+
+def _cross_attend(q, k, v, mask):
+    """q (B, N, h, d), k/v (B, L, h, d), mask (B, N or 1, L) bool key validity. Queries whose every key
+    is masked get zeros (SDPA would give NaN)."""
+    has_key = mask.any(dim=-1, keepdim=True)  # (B, N|1, 1)
+    safe = mask | ~has_key  # rows with no key attend to all, then are zeroed
+    out = _sdpa(q, k, v, safe[:, None])  # (B, N, h, d)
+    return out if bool(has_key.all()) else out * has_key[..., None].to(out.dtype)
+
+
+class GridLayout:
+    """Single-shape batch: tokens (B, T*H*W) in (t h w) order. No masks."""
+
+    packed = False
+
+    def __init__(self, *, batch: int, grid: tuple[int, int, int], device=None):
+        self.batch, self.grid = batch, tuple(grid)
+        self.coords = grid_coords(*self.grid, device=device)  # (N, 3)
+
+    def per_token(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample vectors (B, D) -> broadcastable over tokens (B, 1, D)."""
+        return v[:, None]
+
+    def attend(self, q, k, v, kind: str):
+        t, h, w = self.grid
+        if kind == "full":
+            return _sdpa(q, k, v)
+        pattern = {
+            "spatial": ("b (t s) n d -> (b t) s n d", "(b t) s n d -> b (t s) n d"),
+            "temporal": ("b (t s) n d -> (b s) t n d", "(b s) t n d -> b (t s) n d"),
+        }[kind]
+        q, k, v = (rearrange(z, pattern[0], t=t) for z in (q, k, v))  # (B*groups, L, heads, d)
+        return rearrange(_sdpa(q, k, v), pattern[1], b=self.batch)  # (B, N, heads, d)
+
+    def cross_attend(self, q, k, v, mask):
+        """q (B, N, h, d); k/v (B, L, h, d); mask (B, L) bool or None."""
+        if mask is None:
+            return _sdpa(q, k, v)
+        return _cross_attend(q, k, v, mask[:, None, :])
+
+
+class _Segments:
+    """Contiguous-segment view of one attention kind over a packed sequence (built once per batch)."""
+
+    def __init__(self, order: torch.Tensor, lengths: list[int]):
+        self.order = order  # (N,) token index at each position of the segment-contiguous order
+        self.identity = bool(torch.equal(order, torch.arange(len(order), device=order.device)))
+        self.inverse = torch.argsort(order)
+        self.lengths = lengths  # segment lengths in that order
+        dev = order.device
+        starts = torch.tensor([0] + lengths, device=dev).cumsum(0)
+        self.cu_seqlens = starts.to(torch.int32)
+        self.max_len = max(lengths)
+        # grouped SDPA: segments of equal length stacked into one batch each
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_len.setdefault(n, []).append(i)
+        self.groups = []  # (positions (n_seg, L) into `order`)
+        starts_l = starts.tolist()
+        for n, seg_ids in by_len.items():
+            first = torch.tensor([starts_l[i] for i in seg_ids], device=dev)  # (n_seg,)
+            self.groups.append(first[:, None] + torch.arange(n, device=dev))  # (n_seg, L)
+        flat = torch.cat([g.flatten() for g in self.groups])  # group-major positions in `order`
+        self.group_tokens = order[flat]  # (N,) token ids in group-major order
+        self.group_identity = bool(torch.equal(self.group_tokens, torch.arange(len(order), device=dev)))
+        self.group_inverse = torch.argsort(self.group_tokens)
+        self.seg_id = torch.repeat_interleave(
+            torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev)
+        )[self.inverse]  # (N,) segment id per token in original order
+        self._block_mask = None
+        self._dense = None
+
+
+class PackedLayout:
+    """Several clips of different token grids packed into one sequence (1, N_total)."""
+
+    packed = True
+
+    def __init__(self, *, grids: list[tuple[int, int, int]], backend: str = "sdpa", device=None):
+        check_backend(backend, torch.device(device) if device is not None else None)
+        self.grids, self.backend, self.device = [tuple(g) for g in grids], backend, device
+        self.sizes = [t * h * w for t, h, w in self.grids]
+        self.coords = torch.cat([grid_coords(*g, device=device) for g in self.grids])  # (N, 3)
+        self.sample_id = torch.repeat_interleave(
+            torch.arange(len(self.grids), device=device), torch.tensor(self.sizes, device=device)
+        )  # (N,)
+        self._segments: dict[str, _Segments] = {}
+
+    def per_token(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample vectors (B, D) -> per token (1, N, D)."""
+        return v[self.sample_id][None]
+
+    def segments(self, kind: str) -> _Segments:
+        if kind not in self._segments:
+            orders, lengths, offset = [], [], 0
+            for t, h, w in self.grids:
+                idx = torch.arange(t * h * w, device=self.device).view(t, h, w) + offset
+                if kind == "full":
+                    orders.append(idx.flatten())
+                    lengths.append(t * h * w)
+                elif kind == "spatial":
+                    orders.append(idx.flatten())
+                    lengths += [h * w] * t
+                elif kind == "temporal":
+                    orders.append(idx.permute(1, 2, 0).flatten())  # (h w t) order: tracks contiguous
+                    lengths += [t] * (h * w)
+                else:
+                    raise ValueError(f"attention kind {kind!r} is unknown; choose one of {ATTN_KINDS}")
+                offset += t * h * w
+            self._segments[kind] = _Segments(torch.cat(orders), lengths)
+        return self._segments[kind]
+
+    def attend(self, q, k, v, kind: str):
+        seg = self.segments(kind)
+        return getattr(self, f"_attend_{self.backend}")(q, k, v, seg)  # (1, N, heads, d)
+
+    def _attend_sdpa(self, q, k, v, seg: _Segments):
+        if len(seg.groups) == 1 and seg.group_identity:  # one shape: a plain reshape, no gather
+            n = seg.lengths[0]
+            q, k, v = (z.reshape(-1, n, *z.shape[2:]) for z in (q, k, v))  # (segments, L, heads, d)
+            return _sdpa(q, k, v).reshape(1, -1, *q.shape[2:])
+        outs = []
+        for pos in seg.groups:
+            tok = seg.order[pos]  # (n_seg, L) token ids
+            outs.append(_sdpa(q[0, tok], k[0, tok], v[0, tok]).flatten(0, 1))  # (n_seg*L, heads, d)
+        return torch.cat(outs)[seg.group_inverse][None]  # (1, N, heads, d)
+
+    def _attend_sdpa_dense(self, q, k, v, seg: _Segments):
+        if seg._dense is None:
+            seg._dense = seg.seg_id[:, None] == seg.seg_id[None, :]  # (N, N)
+        return _sdpa(q, k, v, seg._dense)
+
+    def _permuted(self, fn, q, k, v, seg: _Segments):
+        """Run fn on segment-contiguous tokens and put the result back in token order."""
+        if not seg.identity:
+            q, k, v = (z[:, seg.order] for z in (q, k, v))
+        out = fn(q, k, v)
+        return out if seg.identity else out[:, seg.inverse]
+
+    def _attend_flex(self, q, k, v, seg: _Segments):
+        n = q.shape[1]
+        if seg._block_mask is None:
+            seg_sorted = seg.seg_id[seg.order]  # segment id per position in contiguous order
+
+            def same_segment(b, h, q_idx, kv_idx):
+                return seg_sorted[q_idx] == seg_sorted[kv_idx]
+
+            seg._block_mask = create_block_mask(same_segment, None, None, n, n, device=q.device)
+
+        def run(q, k, v):
+            out = _compiled_flex()(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=seg._block_mask
+            )
+            return out.transpose(1, 2)
+
+        return self._permuted(run, q, k, v, seg)
+
+    def _attend_flash(self, q, k, v, seg: _Segments):
+        def run(q, k, v):
+            cu = seg.cu_seqlens
+            out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, seg.max_len, seg.max_len)  # (N, heads, d)
+            return out[None]
+
+        return self._permuted(run, q, k, v, seg)
+
+    def cross_attend(self, q, k, v, mask):
+        """q (1, N, h, d); k/v (B, L, h, d) per sample; mask (B, L) bool or None. Each token sees only
+        its own sample's text (a small dense (N, B*L) mask: text is short)."""
+        b, length = k.shape[:2]
+        kv_sample = torch.arange(b, device=q.device).repeat_interleave(length)  # (B*L,)
+        allowed = self.sample_id[:, None] == kv_sample[None, :]  # (N, B*L)
+        if mask is not None:
+            allowed = allowed & mask.reshape(1, -1)
+        k, v = k.reshape(1, b * length, *k.shape[2:]), v.reshape(1, b * length, *v.shape[2:])
+        return _cross_attend(q, k, v, allowed[None])
