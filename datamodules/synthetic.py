@@ -50,7 +50,7 @@ def make_video(
     )
     vx, vy = _VELOCITY[direction]
     side = max(2, int(min(height, width) * (0.25 + 0.2 * u())))
-    speed = max(1.0, min(height, width) / 16) * (0.5 + u())
+    speed = max(1.0, min(height, width) / 16) * (1.0 + u())  # >= 1 px per frame: visible motion
     x0, y0, period = u() * width, u() * height, 2 + int(4 * u())
     bg0, bg1 = torch.rand(3, generator=g) * 2 - 1, torch.rand(3, generator=g) * 2 - 1
 
