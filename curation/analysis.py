@@ -1,0 +1,239 @@
+"""One decode pass per source: scene detection, motion and kept frames from the same frames.
+
+Every decoded frame is
+  (a) converted to BGR and downscaled exactly as `scenedetect.detect()` does (auto_downscale:
+      factor = max(width, height) / analysis.min_width, cv2 INTER_LINEAR) and fed to
+      PySceneDetect's detectors through their `process_frame(timecode, frame)` API, with the same
+      PTS-based timecodes its PyAV backend builds, so our cut list equals `scenedetect.detect(...,
+      backend="pyav")` for the same detector and parameters;
+  (b) reduced to a small grayscale frame for frame differences (every frame) and Farneback
+      optical flow on consecutive pairs at `analysis.flow_fps`;
+  (c) kept (JPEG in memory, at `analysis.keep_fps`) for CLIP, thumbnails and perceptual hashes.
+
+Frame indices are decode order (0-based); `iter_frames` is shared with extraction so the two
+passes agree on them even when corrupt packets are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import scenedetect.detectors as sd_detectors
+from scenedetect.common import FrameTimecode, Timecode
+
+from curation.config import AnalysisConfig
+
+DETECTORS = {
+    "content": sd_detectors.ContentDetector,
+    "adaptive": sd_detectors.AdaptiveDetector,
+    "hash": sd_detectors.HashDetector,
+    "histogram": sd_detectors.HistogramDetector,
+    "threshold": sd_detectors.ThresholdDetector,
+}
+
+
+def make_detectors(cfg: AnalysisConfig) -> list:
+    unknown = [d for d in cfg.detectors if d not in DETECTORS]
+    if unknown:
+        raise ValueError(f"analysis.detectors: unknown {unknown}; choose from {sorted(DETECTORS)}")
+    return [DETECTORS[name](**dict(getattr(cfg, name))) for name in cfg.detectors]
+
+
+def detector_size(width: int, height: int, min_width: int) -> tuple[int, int]:
+    """(w, h) of the frames scenedetect's auto_downscale feeds its detectors."""
+    factor = max(width, height) / min_width if min_width and max(width, height) >= min_width else 1.0
+    if factor <= 1.0:
+        return width, height
+    return max(1, round(width / factor)), max(1, round(height / factor))
+
+
+def small_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) with the short side at most `short_side`, aspect kept."""
+    s = min(1.0, short_side / min(width, height))
+    return max(2, round(width * s)), max(2, round(height * s))
+
+
+@dataclass
+class Decoded:
+    index: int
+    frame: av.VideoFrame
+    timecode: FrameTimecode
+
+
+@dataclass
+class DecodeStats:
+    corrupt_packets: int = 0
+
+
+def iter_frames(path: str, *, threads: int = 1, stats: DecodeStats | None = None) -> Iterator[Decoded]:
+    """Decode every frame of the first video stream in order, skipping packets that fail to
+    decode (counted in `stats`), with scenedetect-PyAV-style timecodes."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = max(0, threads)
+        rate = stream.guessed_rate or stream.average_rate
+        rate = Fraction(rate.numerator, rate.denominator)
+        start_time = stream.start_time or 0
+        index = 0
+
+        def wrap(frame: av.VideoFrame) -> Decoded:
+            if frame.pts is None or not frame.time_base:
+                tc = FrameTimecode(index, fps=rate)
+            else:
+                tb = Fraction(frame.time_base.numerator, frame.time_base.denominator)
+                start = start_time
+                if start and stream.time_base != frame.time_base:
+                    start = int(start * Fraction(stream.time_base) / tb)
+                tc = FrameTimecode(timecode=Timecode(pts=frame.pts - start, time_base=tb), fps=rate)
+            return Decoded(index, frame, tc)
+
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError:
+                if stats is not None:
+                    stats.corrupt_packets += 1
+                continue
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                if stats is not None:
+                    stats.corrupt_packets += 1
+                continue
+            for frame in frames:
+                yield wrap(frame)
+                index += 1
+
+
+def rotate(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display rotation (degrees counter-clockwise) to an (H, W, C) image."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
+
+
+@dataclass
+class Analysis:
+    num_frames: int
+    fps: float
+    cuts: list[int]  # first frame of each new scene (decode-order indices)
+    diffs: np.ndarray  # (N,) float32 mean |gray_i - gray_{i-1}| (0-255), diffs[0] = 0
+    luma: np.ndarray  # (N,) float32 mean gray level
+    flow_index: np.ndarray  # (M,) int: flow sample i measures frames (i-1, i)
+    flow_mag: np.ndarray  # (M,) float32 mean Farneback flow magnitude, frame diagonals per second
+    shift_mag: np.ndarray  # (M,) float32 global shift (phase correlation), frame diagonals per second
+    kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
+    corrupt_packets: int = 0
+    detector_size: tuple[int, int] = (0, 0)
+
+    def kept_frames(self, start: int, end: int, k: int) -> list[tuple[int, np.ndarray]]:
+        """Up to k kept frames in [start, end), evenly spread: [(index, (H, W, 3) uint8 RGB)]."""
+        idx = [i for i in sorted(self.kept) if start <= i < end]
+        if len(idx) > k:
+            idx = (
+                [idx[round(j * (len(idx) - 1) / max(1, k - 1))] for j in range(k)]
+                if k > 1
+                else [idx[len(idx) // 2]]
+            )
+        return [(i, decode_jpeg(self.kept[i])) for i in idx]
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) -> Analysis:
+    """The single analysis decode pass over `path` (see the module docstring)."""
+    detectors = make_detectors(cfg)
+    flow_every = max(1, round(fps / cfg.flow_fps)) if cfg.flow_fps > 0 else 0
+    keep_every = fps / cfg.keep_fps if cfg.keep_fps > 0 else 0
+    next_keep = 0.0
+    stats = DecodeStats()
+    diffs, luma, flow_index, flow_mag, shift_mag, kept = [], [], [], [], [], {}
+    cuts, pts_to_index = [], {}
+    prev_gray = None
+    det_wh = small_wh = None
+    last_tc = None
+    for d in iter_frames(path, threads=cfg.threads, stats=stats):
+        bgr = d.frame.to_ndarray(format="bgr24")  # (H, W, 3) as scenedetect's PyAV backend reads it
+        if det_wh is None:
+            h, w = bgr.shape[:2]
+            det_wh = detector_size(w, h, cfg.min_width)
+            small_wh = small_size(*det_wh, cfg.flow_short_side)
+            diag = math.hypot(*small_wh)
+            window = cv2.createHanningWindow(small_wh, cv2.CV_32F)
+        if bgr.shape[1::-1] != (w, h):
+            continue  # a frame whose size changed mid-stream (corrupt); scenedetect skips it too
+        det = bgr if det_wh == (w, h) else cv2.resize(bgr, det_wh, interpolation=cv2.INTER_LINEAR)
+        pts_to_index[_pts(d.timecode)] = d.index
+        for detector in detectors:
+            cuts += detector.process_frame(d.timecode, det)
+        last_tc = d.timecode
+        gray = cv2.cvtColor(
+            det if det_wh == small_wh else cv2.resize(det, small_wh, interpolation=cv2.INTER_AREA),
+            cv2.COLOR_BGR2GRAY,
+        )  # (h, w) uint8
+        luma.append(float(gray.mean()))
+        diffs.append(0.0 if prev_gray is None else float(cv2.absdiff(gray, prev_gray).mean()))
+        if prev_gray is not None and flow_every and d.index % flow_every == 0:
+            flow = cv2.calcOpticalFlowFarneback(prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (h, w, 2)
+            mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
+            flow_index.append(d.index)
+            flow_mag.append(mag / diag * fps)  # frame diagonals per second: resolution-independent
+            # Farneback underestimates large or low-texture displacements (camera shake, smooth
+            # pans); the global translation from phase correlation catches those, cheaply.
+            (dx, dy), _ = cv2.phaseCorrelate(prev_gray.astype(np.float32), gray.astype(np.float32), window)
+            shift_mag.append(math.hypot(dx, dy) / diag * fps)
+        if keep_every and d.index >= next_keep - 1e-6:
+            next_keep += keep_every
+            kw, kh = small_size(w, h, cfg.keep_short_side)
+            rgb = cv2.resize(bgr, (kw, kh), interpolation=cv2.INTER_AREA)[..., ::-1]
+            kept[d.index] = encode_jpeg(rotate(rgb, rotation))
+        prev_gray = gray
+    if last_tc is not None:
+        for detector in detectors:
+            cuts += detector.post_process(last_tc)
+    n = len(diffs)
+    cut_idx = sorted({_to_index(c, pts_to_index, fps) for c in cuts})
+    return Analysis(
+        num_frames=n,
+        fps=fps,
+        cuts=[c for c in cut_idx if 0 < c < n],
+        diffs=np.asarray(diffs, np.float32),
+        luma=np.asarray(luma, np.float32),
+        flow_index=np.asarray(flow_index, np.int64),
+        flow_mag=np.asarray(flow_mag, np.float32),
+        shift_mag=np.asarray(shift_mag, np.float32),
+        kept=kept,
+        corrupt_packets=stats.corrupt_packets,
+        detector_size=det_wh or (0, 0),
+    )
+
+
+def _to_index(tc: FrameTimecode, pts_to_index: dict, fps: float) -> int:
+    """Decode-order index of the frame a detector's cut timecode names."""
+    pts = _pts(tc)
+    if pts is not None and pts in pts_to_index:
+        return pts_to_index[pts]
+    return round(tc.seconds * fps)
+
+
+def _pts(tc: FrameTimecode) -> int | None:
+    """The PTS behind a PTS-based timecode (None for frame-number timecodes)."""
+    return getattr(tc._time, "pts", None) if isinstance(tc._time, Timecode) else None

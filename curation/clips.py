@@ -1,0 +1,174 @@
+"""Frame-accurate clip extraction: one sequential decode of the source, every clip re-encoded.
+
+Stream copy cannot cut between keyframes, so each clip is re-encoded (PyAV, `extract.codec`,
+default libx264 with `crf`/`preset`) from exactly the decoded frames [start, end) of the shared
+decode-order index (`analysis.iter_frames`), optionally downscaled (`max_short_side`) and
+resampled to a constant `fps`. Every written file is re-opened and its frames counted: a clip
+that does not hold exactly the frames it claims is an error, never a silent sample.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+
+from curation.analysis import iter_frames, rotate
+from curation.config import ExtractConfig
+
+
+@dataclass
+class ClipSpec:
+    key: str
+    start: int  # source frames [start, end)
+    end: int
+    path: str  # final mp4 path
+
+
+@dataclass
+class ClipOut:
+    key: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    error: str = ""
+
+
+def output_rate(source_rate: Fraction, cfg: ExtractConfig) -> Fraction:
+    if cfg.fps and cfg.fps > 0:
+        return Fraction(cfg.fps).limit_denominator(1001)
+    return source_rate
+
+
+def output_size(width: int, height: int, cfg: ExtractConfig) -> tuple[int, int]:
+    """(w, h) of the clip: downscaled to max_short_side if set, both even (yuv420p)."""
+    s = 1.0
+    if cfg.max_short_side and min(width, height) > cfg.max_short_side:
+        s = cfg.max_short_side / min(width, height)
+    even = lambda x: max(2, int(x) // 2 * 2)  # noqa: E731
+    return even(round(width * s)), even(round(height * s))
+
+
+def resample(n: int, source_rate: Fraction, rate: Fraction) -> np.ndarray:
+    """Source-frame offsets (0..n-1) of each output frame when resampling n frames to `rate`."""
+    if rate == source_rate:
+        return np.arange(n)
+    m = max(1, math.floor(n * rate / source_rate + Fraction(1, 10**6)))
+    return np.minimum((np.arange(m) * source_rate / rate).astype(np.float64).astype(np.int64), n - 1)
+
+
+class _Writer:
+    def __init__(self, spec: ClipSpec, rate: Fraction, size: tuple[int, int], cfg: ExtractConfig):
+        self.spec, self.size, self.rate = spec, size, rate
+        self.tmp = spec.path + ".tmp"
+        self.container = av.open(self.tmp, "w", format="mp4")
+        options = (
+            {"crf": str(cfg.crf), "preset": cfg.preset} if "264" in cfg.codec or "265" in cfg.codec else {}
+        )
+        self.stream = self.container.add_stream(cfg.codec, rate=rate, options=options)
+        self.stream.width, self.stream.height = size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.thread_count = cfg.threads
+        self.stream.codec_context.time_base = 1 / rate
+        self.count = 0
+
+    def write(self, rgb: np.ndarray, repeats: int) -> None:
+        if rgb.shape[1::-1] != self.size:
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        for _ in range(repeats):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = self.count, 1 / self.rate
+            self.container.mux(self.stream.encode(frame))
+            self.count += 1
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+        os.replace(self.tmp, self.spec.path)
+
+
+def count_frames(path: str) -> int:
+    """Frames in a written clip, counted by decoding it."""
+    with av.open(path) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def extract(
+    path: str,
+    specs: list[ClipSpec],
+    *,
+    source_rate: Fraction,
+    rotation: int,
+    cfg: ExtractConfig,
+    threads: int = 1,
+) -> list[ClipOut]:
+    """Write every clip of one source in a single sequential decode; verify each clip's frames."""
+    if not specs:
+        return []
+    rate = output_rate(source_rate, cfg)
+    plan = {}  # source frame index -> [(spec, repeats)]
+    final = {}  # key -> last source frame the clip uses
+    for spec in specs:
+        offsets = resample(spec.end - spec.start, source_rate, rate)
+        final[spec.key] = spec.start + int(offsets.max())
+        reps = np.bincount(offsets, minlength=spec.end - spec.start)
+        for k, r in enumerate(reps):
+            if r:
+                plan.setdefault(spec.start + k, []).append((spec, int(r)))
+    expected = {s.key: len(resample(s.end - s.start, source_rate, rate)) for s in specs}
+    last = max(final.values()) + 1
+    writers: dict[str, _Writer] = {}
+    results: dict[str, ClipOut] = {}
+    try:
+        for d in iter_frames(path, threads=threads):
+            if d.index >= last:
+                break
+            jobs = plan.get(d.index)
+            if not jobs:
+                continue
+            rgb = rotate(d.frame.to_ndarray(format="rgb24"), rotation)  # (H, W, 3)
+            for spec, reps in jobs:
+                w = writers.get(spec.key)
+                if w is None:
+                    w = writers[spec.key] = _Writer(
+                        spec, rate, output_size(rgb.shape[1], rgb.shape[0], cfg), cfg
+                    )
+                w.write(rgb, reps)
+                if d.index == final[spec.key]:
+                    w.close()
+                    del writers[spec.key]
+                    results[spec.key] = _verify(spec, w, expected[spec.key])
+    finally:
+        for w in writers.values():  # clips the decode never finished (source shorter than probed)
+            w.container.close()
+            if os.path.exists(w.tmp):
+                os.remove(w.tmp)
+    out = []
+    for spec in specs:
+        out.append(
+            results.get(spec.key)
+            or ClipOut(
+                spec.key,
+                0,
+                float(rate),
+                0,
+                0,
+                error=f"source ended before frame {spec.end - 1} (decoded frames stop early)",
+            )
+        )
+    return out
+
+
+def _verify(spec: ClipSpec, w: _Writer, expected: int) -> ClipOut:
+    n = count_frames(spec.path)
+    err = ""
+    if n != expected or w.count != expected:
+        err = f"frame count mismatch: wrote {w.count}, file holds {n}, expected {expected}"
+        os.remove(spec.path)
+    return ClipOut(spec.key, n, float(w.rate), w.size[0], w.size[1], err)

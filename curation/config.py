@@ -1,0 +1,197 @@
+"""The curation config: one structured OmegaConf schema, every default stated here once.
+
+    python -m curation [config.yaml] raw=<dir|glob|list.txt|list.csv> out=<dir> [key=value ...]
+
+Each field's `help` is what `python -m curation --help` prints. YAML files under
+`configs/curate/` hold only the values that differ from these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+
+from curation.captions import CaptionConfig
+from curation.dedup import DedupConfig
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with a default and the help line `--help` prints."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _sub(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class ProbeConfig:
+    min_seconds: float = _f(1.0, "reject sources shorter than this (seconds)")
+    min_short_side: int = _f(64, "reject sources whose short side is below this (pixels)")
+    max_pixels: int = _f(4096 * 4096, "reject sources with more pixels per frame than this")
+
+
+@dataclass
+class AnalysisConfig:
+    detectors: list = _f(
+        ["content", "threshold"],
+        "PySceneDetect detectors run on every frame: any of content, adaptive, hash, histogram, "
+        "threshold (fades to black); their cuts are united",
+    )
+    content: dict = _f({}, "ContentDetector kwargs, e.g. {threshold: 27, min_scene_len: 15}")
+    adaptive: dict = _f({}, "AdaptiveDetector kwargs, e.g. {adaptive_threshold: 3.0, window_width: 2}")
+    hash: dict = _f({}, "HashDetector kwargs, e.g. {threshold: 0.395, size: 16}")
+    histogram: dict = _f({}, "HistogramDetector kwargs, e.g. {threshold: 0.05, bins: 256}")
+    threshold: dict = _f({}, "ThresholdDetector kwargs, e.g. {threshold: 12, fade_bias: 0}")
+    min_width: int = _f(
+        256,
+        "detector frame size: frames wider than this are downscaled by width/min_width with "
+        "cv2 INTER_LINEAR, exactly as scenedetect's auto_downscale (0 = full size)",
+    )
+    flow_fps: float = _f(4.0, "optical-flow samples per second (each on a consecutive frame pair)")
+    flow_short_side: int = _f(96, "short side of the grayscale frames used for flow and frame diffs")
+    keep_fps: float = _f(2.0, "rate at which frames are kept for CLIP, thumbnails and phash")
+    keep_short_side: int = _f(224, "short side of the kept frames (pixels)")
+    threads: int = _f(1, "PyAV decoder threads per source (0 = FFmpeg's choice)")
+
+
+@dataclass
+class ClipsConfig:
+    min_seconds: float = _f(2.0, "drop scenes (and chunks) shorter than this")
+    max_seconds: float = _f(10.0, "split scenes longer than this into equal chunks no longer than this")
+    cut_trim_frames: int = _f(1, "frames dropped at each side of a hard cut")
+    transition_factor: float = _f(
+        1.5,
+        "gradual transitions: walking away from a cut, a frame is trimmed while its frame "
+        "difference exceeds transition_factor * (the bordering scene's median) + transition_margin",
+    )
+    transition_margin: float = _f(0.5, "see transition_factor (0-255 gray levels)")
+    max_transition_seconds: float = _f(1.0, "longest gradual transition trimmed at one cut")
+    dark_level: float = _f(12.0, "frames whose mean luma is below this count as black (fades)")
+    thumb_frames: int = _f(4, "frames in each clip's thumbnail strip (thumbs/<key>.jpg)")
+    thumb_height: int = _f(64, "height of the thumbnail strip")
+    caption_frames: int = _f(4, "kept frames passed to the captioner and phash per clip")
+
+
+@dataclass
+class MotionConfig:
+    static_mean: float = _f(
+        0.01, "reject as static when mean motion is below this (frame diagonals per second)"
+    )
+    fast_mean: float = _f(0.8, "reject as too fast when mean motion exceeds this (diagonals per second)")
+    shaky_peak: float = _f(2.5, "reject as shaky when peak motion exceeds this (diagonals per second)")
+
+
+@dataclass
+class ExtractConfig:
+    codec: str = _f("libx264", "encoder (libx264 is GPL; any PyAV video encoder name works)")
+    crf: int = _f(22, "x264 constant rate factor")
+    preset: str = _f("veryfast", "x264 preset")
+    max_short_side: int = _f(0, "downscale clips whose short side exceeds this (0 = keep size)")
+    fps: float = _f(0.0, "resample clips to this constant frame rate (0 = keep the source rate)")
+    threads: int = _f(1, "encoder threads per clip (x264 output is deterministic regardless)")
+
+
+@dataclass
+class ShardsConfig:
+    maxcount: int = _f(1000, "most samples per shard")
+    maxsize: float = _f(1e9, "most bytes per shard")
+
+
+@dataclass
+class RayConfig:
+    address: str = _f("", "Ray cluster address ('' = start a local Ray instance)")
+    num_cpus: int = _f(0, "CPUs for a local Ray instance (0 = workers)")
+
+
+@dataclass
+class CurateConfig:
+    raw: str = _f(
+        MISSING, "input: a directory (recursive), a glob, a .txt list or a .csv list (path[,caption])"
+    )
+    out: str = _f(MISSING, "output directory (created; reruns resume from it)")
+    executor: str = _f("local", "local (process pool) or ray")
+    workers: int = _f(0, "parallel source workers (0 = all cores); 1 runs in this process")
+    strict: bool = _f(False, "exit non-zero when any source failed")
+    on_config_change: str = _f(
+        "error",
+        "when OUT holds records of a different config: error (stop and say so) or redo "
+        "(reprocess those sources with the new config)",
+    )
+    val_fraction: float = _f(0.1, "held-out fraction of sources (deterministic by source_id hash)")
+    progress: bool = _f(True, "show progress bars")
+    probe: ProbeConfig = _sub(ProbeConfig, "source probing and rejection")
+    analysis: AnalysisConfig = _sub(AnalysisConfig, "the single decode pass per source")
+    clips: ClipsConfig = _sub(ClipsConfig, "scenes to candidate clips")
+    motion: MotionConfig = _sub(MotionConfig, "motion filter thresholds")
+    extract: ExtractConfig = _sub(ExtractConfig, "clip encoding")
+    caption: CaptionConfig = _sub(CaptionConfig, "CLIP recaptioning (curation/captions.py)")
+    dedup: DedupConfig = _sub(DedupConfig, "near-duplicate removal (curation/dedup.py)")
+    shards: ShardsConfig = _sub(ShardsConfig, "webdataset shard limits")
+    ray: RayConfig = _sub(RayConfig, "Ray executor")
+
+
+# Keys that do not change outputs; everything else feeds the config hash.
+RUNTIME_KEYS = ("raw", "out", "executor", "workers", "strict", "on_config_change", "progress", "ray")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> CurateConfig:
+    """Merge schema defaults, an optional YAML file and `key=value` overrides; validate types."""
+    cfg = OmegaConf.structured(CurateConfig)
+    if path:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for key in ("raw", "out"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ValueError(f"missing required key `{key}`: pass {key}=<path> on the command line")
+    if cfg.executor not in ("local", "ray"):
+        raise ValueError(f"executor={cfg.executor!r}: use executor=local or executor=ray")
+    if cfg.on_config_change not in ("error", "redo"):
+        raise ValueError(f"on_config_change={cfg.on_config_change!r}: use error or redo")
+    if not 0.0 <= cfg.val_fraction <= 1.0:
+        raise ValueError(f"val_fraction={cfg.val_fraction} must lie in [0, 1]")
+    return OmegaConf.to_object(cfg)
+
+
+def to_dict(cfg: CurateConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_hash(cfg: CurateConfig) -> str:
+    """Hash of every setting that changes outputs (runtime keys such as workers excluded)."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def help_text() -> str:
+    """Every key with its default and meaning, for `--help`."""
+    lines = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            key = prefix + f.name
+            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or (
+                f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+            ):
+                lines.append(f"\n{key}.*  ({f.metadata.get('help', '')})")
+                walk(f.default_factory, key + ".")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            default = "(required)" if default == MISSING else json.dumps(default)
+            lines.append(f"  {key} = {default}\n      {f.metadata.get('help', '')}")
+
+    walk(CurateConfig, "")
+    return "\n".join(lines)
