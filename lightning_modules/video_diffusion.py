@@ -1,0 +1,436 @@
+"""`VideoDiffusion`: the LightningModule. Wiring only:
+
+    batch -> encode (codec, no grad) -> mask (VDT space-time masks) -> [pack] -> loss -> log
+
+The network (`nets/dit.py`), the diffusion / flow math (`diffusion/`), the codec (`nets/codecs.py`)
+and the text encoder (`nets/text.py`) live elsewhere and are injected or built from plain config.
+The constructor's type hints are the CLI (`--model.dit.depth=4`, `--model.objective=flow`, ...).
+
+Randomness in training (timesteps, noise, masks, condition dropout) comes from generators seeded by
+(seed, global step, rank, batch index), not from a running global RNG, so a resumed run draws
+exactly what an uninterrupted run would (the dataloader must be resumable for mid-epoch resumes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from lightning_modules.diffusion.flow import RectifiedFlow
+from lightning_modules.diffusion.gaussian import GaussianDiffusion
+from lightning_modules.diffusion.masks import MaskGenerator
+from lightning_modules.diffusion.samplers import sample
+from lightning_modules.nets.codecs import IdentityCodec, LatentCodec, build_from_spec
+from lightning_modules.nets.dit import DIT_PRESETS, VideoDiT
+from lightning_modules.nets.text import OpenCLIPTextEncoder
+
+OBJECTIVES = {"diffusion": GaussianDiffusion, "flow": RectifiedFlow}
+DEFAULT_SAMPLER = {"diffusion": "ddim", "flow": "euler"}
+FROZEN_PREFIXES = ("codec.", "text_encoder.")  # not stored in checkpoints; rebuilt from their spec
+
+
+@dataclass
+class DiTConfig:
+    """Shape of the `VideoDiT`: a preset from `DIT_PRESETS` plus overrides. `None` keeps the preset's
+    value, or `VideoDiT`'s own default. in_channels, num_classes, text_dim, pooled_text_dim and
+    learn_sigma are filled in by the module from the codec, labels, text encoder and objective."""
+
+    preset: str | None = None
+    patch_size: tuple[int, int, int] | None = None
+    hidden_size: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    block_type: Literal["factorized", "vdt", "full"] | None = None
+    pos_embed: Literal["rope", "sincos"] | None = None
+    attn_backend: Literal["sdpa", "flex", "flash"] | None = None
+    grad_checkpointing: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # any other VideoDiT keyword
+
+    def resolve(self) -> dict[str, Any]:
+        """VideoDiT keyword arguments: preset, then the fields that are set, then `extra`."""
+        if self.preset is not None and self.preset not in DIT_PRESETS:
+            raise ValueError(f"unknown DiT preset {self.preset!r}; choose one of {sorted(DIT_PRESETS)}")
+        kwargs = dict(DIT_PRESETS[self.preset]) if self.preset else {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("preset", "extra") and value is not None:
+                kwargs[f.name] = tuple(value) if f.name == "patch_size" else value
+        return {**kwargs, **self.extra}
+
+
+def _as_module(spec: nn.Module | dict | None, base: type) -> nn.Module | None:
+    return build_from_spec(spec, base) if isinstance(spec, dict) else spec
+
+
+def _seeded(*ints: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose seed is a hash of `ints` (stateless randomness: no state to checkpoint)."""
+    seed = int(np.random.SeedSequence([int(i) % 2**63 for i in ints]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+def _is_packed(batch: dict) -> bool:
+    return "videos" in batch
+
+
+class VideoDiffusion(L.LightningModule):
+    """Video DiT trained with Gaussian diffusion or rectified flow, with VDT space-time masks.
+
+    Args:
+        dit: network shape (preset + overrides), see `DiTConfig`.
+        objective: "diffusion" (`GaussianDiffusion(**diffusion)`) or "flow" (`RectifiedFlow(**flow)`).
+        diffusion, flow: keyword arguments of the objective's class (their defaults are theirs).
+        codec: a `LatentCodec` (or its spec dict); None = pixel space (`IdentityCodec`).
+        text_encoder: an `OpenCLIPTextEncoder` (or its spec dict) for captions; None = no text.
+        num_classes: class-conditional when > 0 (label -1 = no label = the null class).
+        mask_probs: task -> probability for `MaskGenerator` (unconditional, predict, backward,
+            interpolate, image_to_video, block); None = unconditional generation only.
+        cond_drop_prob: probability of dropping the label / caption in training (for CFG).
+        lr, betas, weight_decay: AdamW (no decay on norms, biases, embeddings).
+        warmup_steps, lr_schedule, min_lr_ratio: linear warmup, then constant or cosine down to
+            `min_lr_ratio * lr` at the last step (`trainer.max_steps`).
+        compile: `torch.compile` the network for training.
+        sampler, sample_steps, eta, cfg_scale: defaults of `generate` (sampler None = DDIM for
+            diffusion, Euler for flow).
+        rng_seed: base seed of training randomness; None = `torch.initial_seed()` (set by `seed_everything`).
+    """
+
+    def __init__(
+        self,
+        *,
+        dit: DiTConfig | dict | None = None,
+        objective: Literal["diffusion", "flow"] = "diffusion",
+        diffusion: dict[str, Any] | None = None,
+        flow: dict[str, Any] | None = None,
+        codec: LatentCodec | None = None,
+        text_encoder: OpenCLIPTextEncoder | None = None,
+        num_classes: int = 0,
+        mask_probs: dict[str, float] | None = None,
+        cond_drop_prob: float = 0.1,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.0,
+        compile: bool = False,
+        sampler: Literal["ddpm", "ddim", "euler"] | None = None,
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        cfg_scale: float = 1.0,
+        rng_seed: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["codec", "text_encoder"])
+        dit = DiTConfig(**dit) if isinstance(dit, dict) else (dit or DiTConfig())
+        self.codec = _as_module(codec, LatentCodec) or IdentityCodec()
+        self.text_encoder = _as_module(text_encoder, OpenCLIPTextEncoder)
+        # checkpoints keep plain data only: the frozen parts are rebuilt from their spec
+        self.hparams.update(
+            dit=asdict(dit),
+            codec=self.codec.spec,
+            text_encoder=self.text_encoder.spec if self.text_encoder is not None else None,
+        )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: choose one of {sorted(OBJECTIVES)}")
+        objective_kwargs = dict((diffusion if objective == "diffusion" else flow) or {})
+        self.objective = OBJECTIVES[objective](**objective_kwargs)
+        dit_kwargs = dit.resolve()
+        dit_kwargs.update(
+            in_channels=self.codec.latent_channels,
+            num_classes=num_classes,
+            text_dim=self.text_encoder.text_dim if self.text_encoder is not None else 0,
+            pooled_text_dim=self.text_encoder.pooled_dim if self.text_encoder is not None else 0,
+            learn_sigma=bool(objective_kwargs.get("learn_sigma", False)),
+        )
+        self.dit = VideoDiT(**dit_kwargs)
+        self.patch_size = tuple(self.dit.patch_size)
+        self.masks = MaskGenerator(probs=dict(mask_probs)) if mask_probs else None
+        self._net = self.dit  # what the objective calls; a compiled wrapper when compile=True
+        self.sample_shape: tuple[int, int, int] | None = None  # (T, H, W) pixels of the last training clips
+
+    # ------------------------------------------------------------------ setup and checkpoints
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit" and self._net is self.dit:
+            # kept outside the module tree so parameter names (EMA, checkpoints) stay unchanged
+            object.__setattr__(self, "_net", torch.compile(self.dit))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for key in [k for k in sd if k.startswith(FROZEN_PREFIXES)]:
+            del sd[key]
+        checkpoint["videodit"] = {"sample_shape": list(self.sample_shape) if self.sample_shape else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        shape = checkpoint.get("videodit", {}).get("sample_shape")
+        self.sample_shape = tuple(shape) if shape else None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Checkpoints omit the frozen codec / text encoder: take those from this instance."""
+        own = {k: v for k, v in super().state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        return super().load_state_dict({**own, **state_dict}, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ conditioning
+    def _seed(self) -> int:
+        return self.hparams.rng_seed if self.hparams.rng_seed is not None else torch.initial_seed()
+
+    def conditioning(
+        self, batch: dict, n: int, *, drop: torch.Tensor | None = None, null: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Model keyword arguments for `n` samples; `drop` (n,) bool replaces the condition by the
+        null one (class `num_classes`, empty caption); `null=True` drops all (the CFG branch)."""
+        kwargs: dict[str, torch.Tensor] = {}
+        drop = torch.full((n,), null, dtype=torch.bool) if drop is None or null else drop.cpu()
+        if self.hparams.num_classes > 0:
+            label = batch.get("label")
+            y = (
+                torch.full((n,), -1, dtype=torch.long)
+                if label is None
+                else torch.as_tensor(label).cpu().long()
+            )
+            y = torch.where((y < 0) | drop, torch.full_like(y, self.hparams.num_classes), y)
+            kwargs["y"] = y.to(self.device)
+        if self.text_encoder is not None:
+            captions = list(batch.get("caption") or [""] * n)
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            enc = self.text_encoder(captions)
+            kwargs.update(text=enc["tokens"], text_mask=enc["mask"], pooled_text=enc["pooled"])
+        return kwargs
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def encode(self, batch: dict) -> torch.Tensor | list[torch.Tensor]:
+        """Latents of a batch: (B, C, T', H', W') bucketed, or a list of (C, T_i', H_i', W_i') packed.
+        Precomputed `latent` / `latents` in the batch skip the codec."""
+        if _is_packed(batch):
+            if batch.get("latents") is not None:
+                return [z.float() for z in batch["latents"]]
+            return [self.codec.encode(v[None])[0] for v in batch["videos"]]
+        if batch.get("latent") is not None:
+            return batch["latent"].float()
+        return self.codec.encode(batch["video"])
+
+    def model_step(self, batch: dict, batch_idx: int, stage: str) -> torch.Tensor:
+        x0 = self.encode(batch)
+        packed = isinstance(x0, list)
+        n = len(x0) if packed else x0.shape[0]
+        training = stage == "train"
+        if training:
+            self.sample_shape = tuple(batch["videos"][0].shape[1:] if packed else batch["video"].shape[2:])
+        key = (self.trainer.global_step if training else 0) if self._trainer is not None else 0
+        rank = self.global_rank
+        # stateless generators: CPU for t, masks and dropout (the objectives draw t on CPU), device for noise
+        cpu_gen = _seeded(self._seed(), stage == "train", key, rank, batch_idx)
+        dev_gen = _seeded(self._seed(), stage == "train", key, rank, batch_idx, 1, device=self.device)
+
+        shapes = [tuple(z.shape) for z in x0] if packed else [tuple(x0.shape[1:])] * n  # (C, T', H', W')
+        mask = None
+        if self.masks is not None:
+            if packed:
+                mask = [self.masks(1, *s[1:], self.patch_size, cpu_gen)[0].to(self.device) for s in shapes]
+            else:
+                mask = self.masks(n, *shapes[0][1:], self.patch_size, cpu_gen).to(self.device)
+        drop = torch.rand(n, generator=cpu_gen) < (self.hparams.cond_drop_prob if training else 0.0)
+        model_kwargs = self.conditioning(batch, n, drop=drop)
+
+        t = self.objective.sample_t(shapes, self.device, generator=cpu_gen)  # (B,)
+        if packed:
+            noise = [torch.randn(z.shape, generator=dev_gen, device=self.device) for z in x0]
+        else:
+            noise = torch.randn(x0.shape, generator=dev_gen, device=self.device)
+        out = self.objective.training_losses(
+            self._net, x0, t, mask=mask, noise=noise, model_kwargs=model_kwargs
+        )
+        loss = out["loss"].mean()
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=not training)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, batch_idx, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Generate one video per batch element, with the batch's labels / captions and shape."""
+        video = batch["videos"][0][None] if _is_packed(batch) else batch["video"]
+        n = len(batch["videos"]) if _is_packed(batch) else video.shape[0]
+        _, _, frames, height, width = video.shape
+        return self.generate(
+            n,
+            num_frames=frames,
+            height=height,
+            width=width,
+            seed=self._seed() + batch_idx * 100_003 + self.global_rank,
+            batch_size=n,
+            labels=batch.get("label"),
+            captions=batch.get("caption"),
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict]:
+        """AdamW groups: weight decay on Linear / Conv weights only; none on norms, biases and
+        embeddings (nn.Embedding tables, positional / mask tokens and other free parameters)."""
+        decay, no_decay = [], []
+        for module in self.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                is_matrix = (
+                    isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and name == "weight"
+                )
+                (decay if is_matrix else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def lr_lambda(self, step: int) -> float:
+        """Multiplier of `lr` after `step` optimizer steps: linear warmup, then constant or cosine."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        if hp.lr_schedule == "constant":
+            return 1.0
+        total = self._total_steps()
+        progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _total_steps(self) -> int:
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("lr_schedule='cosine' needs a finite length: set trainer.max_steps")
+        return int(total)
+
+    def configure_optimizers(self):
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(
+            self.parameter_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+    # ------------------------------------------------------------------ sampling
+    def _latent_mask(self, mask: torch.Tensor, n: int, latent_thw: tuple[int, int, int]) -> torch.Tensor:
+        """A given-mask as (n, 1, T', H', W') bool: accepts latent- or pixel-resolution masks with
+        any leading dims (e.g. (T, H, W), (1, T, H, W)); pixel ones are subsampled by the codec's stride."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        while mask.dim() < 5:
+            mask = mask[None]
+        if tuple(mask.shape[2:]) != tuple(latent_thw):
+            dt, dh, dw = self.codec.downsample
+            mask = mask[:, :, ::dt, ::dh, ::dw]
+        try:
+            return mask.expand(n, 1, *latent_thw).to(self.device)
+        except RuntimeError as e:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not match latents (n={n}, 1, {latent_thw}); give it at "
+                "pixel or latent resolution, e.g. from lightning_modules.diffusion.masks.predict_mask"
+            ) from e
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+        seed: int = 0,
+        batch_size: int = 8,
+        labels: list[int] | torch.Tensor | None = None,
+        captions: list[str] | None = None,
+        given: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+    ) -> torch.Tensor:
+        """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed. `given` (n, 3, T, H, W)
+        pixels and `mask` (True = given, pixel or latent resolution) condition on known content,
+        which the output keeps exactly at given positions (exactly in pixels with the identity codec)."""
+        if (given is None) != (mask is None):
+            raise ValueError("pass `given` and `mask` together (mask True = position taken from `given`)")
+        hp = self.hparams
+        steps = steps or hp.sample_steps
+        cfg_scale = hp.cfg_scale if cfg_scale is None else cfg_scale
+        sampler = hp.sampler or DEFAULT_SAMPLER[hp.objective]
+        latent_thw = self.codec.latent_shape(num_frames, height, width)
+        was_training = self.training
+        self.eval()
+        outs = []
+        try:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                part = {}
+                if labels is not None:
+                    part["label"] = torch.as_tensor(labels)[start : start + b]
+                if captions is not None:
+                    part["caption"] = list(captions)[start : start + b]
+                model_kwargs = self.conditioning(part, b)
+                uncond_kwargs = self.conditioning(part, b, null=True) if cfg_scale != 1.0 else None
+                given_z = mask_z = None
+                if given is not None:
+                    given_z = self.codec.encode(given[start : start + b].to(self.device).float())
+                    per_sample = mask.dim() == 5 and mask.shape[0] == n and n > 1
+                    mask_z = self._latent_mask(mask[start : start + b] if per_sample else mask, b, latent_thw)
+                z = sample(
+                    self.dit,
+                    self.objective,
+                    (b, self.codec.latent_channels, *latent_thw),
+                    sampler=sampler,
+                    steps=steps,
+                    eta=hp.eta,
+                    given=given_z,
+                    mask=mask_z,
+                    cfg_scale=cfg_scale,
+                    model_kwargs=model_kwargs,
+                    uncond_kwargs=uncond_kwargs,
+                    generator=_seeded(seed, start),
+                )
+                video = self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1)  # (b, 3, T, H, W)
+                outs.append(video.float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(outs)
+
+    @classmethod
+    def load_for_sampling(
+        cls, ckpt_path: str, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
+    ) -> VideoDiffusion:
+        """Rebuild a module from a training checkpoint (hyper-parameters + weights), in eval mode,
+        with the EMA weights swapped in when `use_ema` and the checkpoint has them."""
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        model = cls(**hparams)
+        model.load_state_dict(ckpt["state_dict"])
+        model.on_load_checkpoint(ckpt)
+        if use_ema:
+            from lightning_modules.callbacks.ema import ema_weights_from_checkpoint
+
+            shadow = ema_weights_from_checkpoint(ckpt)
+            if shadow is None:
+                rank_zero_warn(
+                    f"{ckpt_path} holds no EMA weights (no EMA callback in training): using raw weights"
+                )
+            else:
+                missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(shadow)
+                if missing:
+                    raise KeyError(
+                        f"EMA weights in {ckpt_path} miss {sorted(missing)[:5]}...: wrong checkpoint?"
+                    )
+                model.load_state_dict(shadow, strict=False)
+                rank_zero_info(f"loaded EMA weights from {ckpt_path}")
+        return model.to(map_location).eval()
