@@ -29,7 +29,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -47,25 +47,35 @@ _SLOTS = ("subject", "action", "scene", "camera")
 _VOCAB_LISTS = {"subject": "subjects", "action": "actions", "scene": "scenes", "camera": "camera"}
 
 
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})  # `python -m curation --help` prints it
+
+
 @dataclass
 class CaptionConfig:
     """CLIP recaptioning options (``caption.*`` on the curation command line)."""
 
-    enabled: bool = True  # false: no embeddings, no captions besides the source's, phash dedup
-    model: str = (
-        "ViT-B-32"  # open_clip architecture name | path/to/model_config.json | hf-hub:.. | local-dir:..
+    enabled: bool = _f(True, "CLIP captions and embeddings; false = keep source captions, phash dedup")
+    model: str = _f(
+        "ViT-B-32",
+        "open_clip architecture name, or path/to/model_config.json, or hf-hub:org/repo, or local-dir:/path",
     )
-    pretrained: str = "laion2b_s34b_b79k"  # open_clip pretrained tag of `model`, or a local checkpoint file
-    frames_per_clip: int = 4  # K frames per clip the pipeline hands over (evenly spaced)
-    batch_size: int = 64  # images per forward pass of the image tower
-    device: str = "auto"  # auto = cuda when available, else cpu; or any torch device string
-    vocabulary: str | None = None  # retrieval vocabulary yaml; None = curation/vocabulary.yaml
-    retrieval_top_k: int = 2  # phrases kept per vocabulary list (subjects, actions, scenes)
-    coca: bool = True  # add a generated caption when `model` is a CoCa model (needs `transformers`)
-    coca_seq_len: int = 30  # max tokens of a generated caption
-    static_below: float = 0.002  # clip motion_mean below this -> the 'static' motion phrase
-    fast_above: float = 0.02  # clip motion_mean above this -> the 'fast' motion phrase
-    cache_dir: str | None = None  # where open_clip / Hugging Face keep downloads; None = their default
+    pretrained: str = _f(
+        "laion2b_s34b_b79k",
+        "open_clip pretrained tag of `model` (downloaded into the usual cache when online) or a local checkpoint file",
+    )
+    frames_per_clip: int = _f(4, "frames per clip embedded (evenly spaced; mean of their embeddings)")
+    batch_size: int = _f(64, "images per forward pass of the image tower (and texts per text pass)")
+    device: str = _f("auto", "auto (cuda when available, else cpu) or a torch device string")
+    vocabulary: str | None = _f(None, "retrieval vocabulary yaml (null = curation/vocabulary.yaml)")
+    retrieval_top_k: int = _f(2, "phrases kept per vocabulary list (subjects, actions, scenes) per clip")
+    coca: bool = _f(True, "add a generated caption when `model` is a CoCa model (needs transformers<5)")
+    coca_seq_len: int = _f(30, "most tokens of a generated CoCa caption")
+    static_below: float = _f(
+        0.03, "motion_mean below this adds the 'static' motion phrase (frame diagonals per second)"
+    )
+    fast_above: float = _f(0.3, "motion_mean above this adds the 'fast' motion phrase (diagonals per second)")
+    cache_dir: str | None = _f(None, "download cache of open_clip / Hugging Face (null = their default)")
 
 
 class CaptionWeightsError(RuntimeError):
@@ -269,7 +279,7 @@ def _tidy(text: str) -> str:
 
 
 def motion_phrase(motion: dict | None, cfg: CaptionConfig, vocab: dict) -> str:
-    """'static' / 'slow' / 'fast' phrase from the clip's mean motion (flow relative to the diagonal)."""
+    """'static' / 'slow' / 'fast' phrase from the clip's motion_mean (frame diagonals per second)."""
     if not motion:
         return ""
     mean = motion.get("motion_mean", motion.get("mean"))

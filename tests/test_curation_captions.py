@@ -98,7 +98,7 @@ def test_candidates_are_complete_ranked_and_scored_by_cosine(captioner):
 
 
 @pytest.mark.parametrize(
-    ("mean", "kind"), [(0.0001, "static"), (0.005, "slow"), (0.5, "fast"), (None, None), (float("nan"), None)]
+    ("mean", "kind"), [(0.01, "static"), (0.1, "slow"), (0.9, "fast"), (None, None), (float("nan"), None)]
 )
 def test_motion_scores_add_a_motion_phrase(captioner, mean, kind):
     motion = {} if mean is None else {"motion_mean": mean, "motion_peak": 1.0}
