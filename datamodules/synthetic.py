@@ -220,3 +220,116 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 def expected_batches_per_rank(num_batches: int, world_size: int) -> int:
     """What DistributedSampler gives each rank (it pads by repeating batches)."""
     return math.ceil(num_batches / world_size)
+
+
+# ---- tiny shards in the contract format (tests and benchmarks; no curation code) -------------
+
+
+def encode_mp4(frames, fps: float = 24.0, *, crf: int | None = 0) -> bytes:
+    """uint8 (T, H, W, 3) -> H.264 yuv420p mp4 bytes (PyAV, libx264; crf 0 = lossless)."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    buf = io.BytesIO()
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"preset": "ultrafast", "x264-params": "threads=1"} | (
+            {"qp": "0"} if crf == 0 else {"crf": str(crf)}
+        )
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+MAX_INDEX_FRAMES = 42
+
+
+def index_frames(num_frames: int, height: int, width: int):
+    """uint8 (T, H, W, 3) where frame i is a flat grey of level 20 + 5 i (grey survives yuv420p and
+    the decoder's resize to within 2 levels); `frame_index` reads a decoded frame back."""
+    import numpy as np
+
+    if num_frames > MAX_INDEX_FRAMES:
+        raise ValueError(f"index_frames encodes at most {MAX_INDEX_FRAMES} frames, got {num_frames}")
+    levels = (20 + 5 * np.arange(num_frames)).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def frame_index(frame) -> int:
+    """The source index of a decoded `index_frames` frame: (H, W, 3) uint8, or (3, H, W) in [-1, 1]."""
+    import numpy as np
+
+    x = np.asarray(frame, dtype=np.float64)
+    if x.shape[0] == 3 and x.shape[-1] != 3:  # (3, H, W) in [-1, 1]
+        x = (x + 1) * 127.5
+    return round((x.mean() - 20) / 5)
+
+
+def clip_meta(
+    key: str, *, num_frames: int, fps: float, height: int, width: int, split: str = "train", **extra
+) -> dict:
+    """A sample json with every REQUIRED_META key (curation/schema.py)."""
+    from curation.schema import PIPELINE_VERSION
+
+    return {
+        "key": key,
+        "source_id": key.split("_")[0],
+        "source_path": f"/raw/{key}.mp4",
+        "source_sha256": "0" * 64,
+        "start_frame": 0,
+        "end_frame": num_frames,
+        "start_seconds": 0.0,
+        "end_seconds": num_frames / fps,
+        "fps": fps,
+        "num_frames": num_frames,
+        "width": width,
+        "height": height,
+        "split": split,
+        "pipeline_version": PIPELINE_VERSION,
+        **extra,
+    }
+
+
+def write_shards(pattern: str, samples: list[dict], *, maxcount: int = 100000) -> list[str]:
+    """Write samples ({"__key__", "mp4": bytes, "json": dict, "txt": str, ...}) with webdataset's
+    ShardWriter (`pattern` like "dir/train-%06d.tar"); returns the shard paths written."""
+    import webdataset as wds
+
+    written: list[str] = []
+    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
+        for s in samples:
+            if sink.fname not in written and sink.fname:
+                written.append(sink.fname)
+            sink.write(s)
+            if sink.fname not in written:
+                written.append(sink.fname)
+    return written
+
+
+def clip_sample(
+    key: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    split: str = "train",
+    caption: str | None = None,
+    **extra,
+) -> dict:
+    """One shard sample of `index_frames` content (mp4 + json + txt)."""
+    return {
+        "__key__": key,
+        "mp4": encode_mp4(index_frames(num_frames, height, width), fps),
+        "json": clip_meta(
+            key, num_frames=num_frames, fps=fps, height=height, width=width, split=split, **extra
+        ),
+        "txt": caption if caption is not None else f"clip {key}",
+    }
