@@ -68,9 +68,16 @@ class _Writer:
         self.spec, self.size, self.rate = spec, size, rate
         self.tmp = spec.path + ".tmp"
         self.container = av.open(self.tmp, "w", format="mp4")
-        options = (
-            {"crf": str(cfg.crf), "preset": cfg.preset} if "264" in cfg.codec or "265" in cfg.codec else {}
-        )
+        options = {}
+        if cfg.codec in ("libx264", "libx265"):
+            # an explicit thread count (and mbtree off, see ExtractConfig) make the bytes reproducible
+            params = "x264-params" if cfg.codec == "libx264" else "x265-params"
+            extra = f":{cfg.x264_params}" if cfg.x264_params else ""
+            options = {
+                "crf": str(cfg.crf),
+                "preset": cfg.preset,
+                params: f"threads={max(1, cfg.threads)}{extra}",
+            }
         self.stream = self.container.add_stream(cfg.codec, rate=rate, options=options)
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"

@@ -96,7 +96,12 @@ class ExtractConfig:
     preset: str = _f("veryfast", "x264 preset")
     max_short_side: int = _f(0, "downscale clips whose short side exceeds this (0 = keep size)")
     fps: float = _f(0.0, "resample clips to this constant frame rate (0 = keep the source rate)")
-    threads: int = _f(1, "encoder threads per clip (x264 output is deterministic regardless)")
+    threads: int = _f(1, "encoder threads per clip")
+    x264_params: str = _f(
+        "mbtree=0",
+        "extra x264/x265 params (':'-separated); x264's macroblock-tree rate control gave byte-different "
+        "clips run to run, which breaks 'a resumed run equals an uninterrupted one', so it is off",
+    )
 
 
 @dataclass

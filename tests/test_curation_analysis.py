@@ -1,0 +1,182 @@
+"""The single analysis pass: cut lists equal `scenedetect.detect()`, motion scores separate static,
+normal and fast footage, and probe / discover / scene trimming behave as documented."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scenedetect
+from scenedetect import detectors as sd
+from scenedetect.scene_manager import compute_downscale_factor
+
+from curation.analysis import analyze, detector_size
+from curation.config import AnalysisConfig, ClipsConfig
+from curation.discover import discover, list_inputs
+from curation.probe import Rejected, Unreadable, check, probe
+from curation.scenes import candidates
+
+
+@pytest.fixture(scope="module")
+def wide_dir(tmp_path_factory):
+    """5 short videos at short side 144: the 2.39:1 one (344 px wide) makes scenedetect downscale."""
+    from curation.synthetic import generate
+
+    out = tmp_path_factory.mktemp("wide")
+    generate(out, videos=5, seed=3, short_side=144, min_seconds=2.0, max_seconds=3.0)
+    return out
+
+
+def _detect_cuts(path, detector, backend):
+    scenes = scenedetect.detect(str(path), detector, backend=backend)
+    return [s[0].frame_num for s in scenes[1:]]
+
+
+def _our_cuts(path, name, kwargs, fps):
+    cfg = AnalysisConfig(detectors=[name], **{name: kwargs})
+    return analyze(str(path), cfg, fps=fps).cuts
+
+
+def test_detector_size_matches_scenedetect_auto_downscale():
+    for w, h in [(96, 170), (256, 144), (344, 144), (1920, 1080), (1080, 1920), (3840, 2160), (97, 61)]:
+        f = compute_downscale_factor(max(w, h))
+        want = (w, h) if f <= 1.0 else (max(1, round(w / f)), max(1, round(h / f)))
+        assert detector_size(w, h, 256) == want
+
+
+def test_content_cuts_equal_scenedetect_detect_on_every_video(synthetic_dir, synthetic_manifest, wide_dir):
+    videos = [(synthetic_dir, v) for v in synthetic_manifest["videos"]]
+    videos += [(wide_dir, v) for v in json.loads((wide_dir / "manifest.json").read_text())["videos"]]
+    assert any(max(v["width"], v["height"]) > 256 for _, v in videos), "need a downscaled case"
+    for root, v in videos:
+        path = root / v["file"]
+        ours = _our_cuts(path, "content", {}, v["fps"])
+        assert ours == _detect_cuts(path, sd.ContentDetector(), "pyav"), v["file"]
+        assert ours == _detect_cuts(path, sd.ContentDetector(), "opencv"), v["file"]
+
+
+@pytest.mark.parametrize(
+    "name,cls,kwargs",
+    [
+        ("adaptive", sd.AdaptiveDetector, {}),
+        ("histogram", sd.HistogramDetector, {}),
+        ("hash", sd.HashDetector, {}),
+        ("threshold", sd.ThresholdDetector, {}),
+        ("content", sd.ContentDetector, {"threshold": 15, "min_scene_len": 5}),
+    ],
+)
+def test_other_detectors_equal_scenedetect_detect(wide_dir, name, cls, kwargs):
+    m = json.loads((wide_dir / "manifest.json").read_text())
+    for v in (m["videos"][0], m["videos"][4]):  # a fade video, and the downscaled 2.39:1 one
+        path = wide_dir / v["file"]
+        assert _our_cuts(path, name, kwargs, v["fps"]) == _detect_cuts(path, cls(**kwargs), "pyav"), v["file"]
+
+
+def test_analysis_motion_separates_static_normal_fast(synthetic_dir, synthetic_manifest):
+    from curation import motion
+    from curation.config import MotionConfig
+
+    mcfg = MotionConfig()
+    for v in synthetic_manifest["videos"]:
+        a = analyze(str(synthetic_dir / v["file"]), AnalysisConfig(), fps=v["fps"])
+        assert a.num_frames == v["num_frames"]
+        for s in v["scenes"]:
+            sc = motion.scores(a, s["start"] + 1, s["end"] - 1)
+            reason = motion.reject_reason(sc, mcfg)
+            want = {"static": "static", "fast": "too fast", "normal": ""}[s["motion"]]
+            assert reason.startswith(want) and (want or not reason), (v["file"], s, sc, reason)
+
+
+def test_kept_frames_and_resolution_independent_scores(tmp_path):
+    """The same footage analysed at two frame sizes gives the same motion scores (within the
+    noise of resampling)."""
+    from curation import motion
+    from curation.synthetic import generate
+
+    m = generate(tmp_path, videos=2, seed=5, short_side=192, min_seconds=2.0, max_seconds=2.5)
+    v = m["videos"][0]
+    s = next(s for s in v["scenes"] if s["motion"] == "normal")
+    means = []
+    for side in (192, 96):
+        a = analyze(
+            str(tmp_path / v["file"]),
+            AnalysisConfig(flow_short_side=side, keep_short_side=side),
+            fps=v["fps"],
+        )
+        means.append(motion.scores(a, s["start"] + 1, s["end"] - 1)["motion_mean"])
+        frames = a.kept_frames(0, a.num_frames, 3)
+        assert len(frames) == 3 and min(frames[0][1].shape[:2]) == side
+    assert means[0] > 0.05 and means[0] == pytest.approx(means[1], rel=0.15)
+
+
+def test_probe_facts_and_rejections(synthetic_dir, synthetic_manifest, tmp_path):
+    for v in synthetic_manifest["videos"]:
+        info = probe(str(synthetic_dir / v["file"]))
+        assert (info.num_frames, info.width, info.height) == (v["num_frames"], v["width"], v["height"])
+        assert info.fps_fraction == v["fps_fraction"] and not info.variable_fps and info.codec == "h264"
+    info = probe(str(synthetic_dir / synthetic_manifest["videos"][0]["file"]))
+    with pytest.raises(Rejected, match="too short"):
+        check(info, min_seconds=60, min_short_side=16, max_pixels=1 << 30)
+    with pytest.raises(Rejected, match="too small"):
+        check(info, min_seconds=0, min_short_side=1000, max_pixels=1 << 30)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(Unreadable, match="empty"):
+        probe(str(tmp_path / "empty.mp4"))
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(Unreadable):
+        probe(str(tmp_path / "junk.mp4"))
+
+
+def test_discover_dir_glob_lists_and_stable_ids(synthetic_dir, tmp_path):
+    by_dir = discover(str(synthetic_dir))
+    assert len(by_dir) == 4 and all(s.source_id.replace("-", "").replace("_", "").isalnum() for s in by_dir)
+    assert [s.source_id for s in discover(str(synthetic_dir / "*.mp4"))] == [s.source_id for s in by_dir]
+    names = sorted(p.name for p in synthetic_dir.glob("*.mp4"))
+    (tmp_path / "list.txt").write_text("# inputs\n" + "\n".join(str(synthetic_dir / n) for n in names) + "\n")
+    assert [s.source_id for s in discover(str(tmp_path / "list.txt"))] == [s.source_id for s in by_dir]
+    (tmp_path / "list.csv").write_text(
+        "path,caption\n" + "".join(f"{synthetic_dir / n},cap {n}\n" for n in names)
+    )
+    got = discover(str(tmp_path / "list.csv"))
+    assert sorted(s.caption for s in got) == sorted(f"cap {n}" for n in names)
+    # the id follows the bytes, not the location
+    (tmp_path / "copy dir ü").mkdir()
+    (tmp_path / "copy dir ü" / "vïdeo 1.mp4").write_bytes((synthetic_dir / names[0]).read_bytes())
+    copy = discover(str(tmp_path / "copy dir ü"))[0]
+    assert (
+        copy.source_id.split("-")[-1]
+        == next(s for s in by_dir if s.path.endswith(names[0])).source_id.split("-")[-1]
+    )
+    assert copy.source_id.startswith("video-1-")
+    with pytest.raises(FileNotFoundError):
+        list_inputs(str(tmp_path / "nothing*.mp4"))
+
+
+def _diffs(n, cuts, fades=()):
+    d = np.full(n, 1.0, np.float32)
+    luma = np.full(n, 100.0, np.float32)
+    for c in cuts:
+        d[c] = 60.0
+    for a, b in fades:  # a fade to black and back over [a, b)
+        d[a : b + 1] = 12.0  # every fade frame, and the first clean one, differ from their predecessor
+        luma[a:b] = np.abs(np.linspace(100, -100, b - a))
+    return d, luma
+
+
+def test_candidates_trim_cuts_and_transitions_split_and_drop():
+    cfg = ClipsConfig(min_seconds=1.0, max_seconds=4.0, cut_trim_frames=1, max_transition_seconds=1.0)
+    d, luma = _diffs(300, cuts=[100], fades=[(200, 212)])
+    cands = candidates("src", [100, 206], 300, d, luma, 25.0, cfg)
+    spans = [(c.start, c.end, bool(c.dropped)) for c in cands]
+    # hard cut at 100: one frame trimmed each side; the fade [200, 212) trimmed whole, +1 frame
+    assert spans[0] == (0, 99, False)
+    assert spans[1][:2] == (101, 199) and not spans[1][2]
+    assert spans[2][:2] == (213, 300)
+    # scenes longer than max_seconds are split into equal chunks <= max_seconds
+    long = candidates("src", [], 300, *_diffs(300, []), 25.0, cfg)
+    assert [c.end - c.start for c in long] == [100, 100, 100] and [c.clip_index for c in long] == [0, 1, 2]
+    # scenes shorter than min_seconds are dropped with a reason
+    short = candidates("src", [10], 100, *_diffs(100, [10]), 25.0, cfg)
+    assert short[0].dropped.startswith("scene too short") and not short[1].dropped
+    assert all(c.key.startswith("src_s") for c in cands)
