@@ -160,30 +160,27 @@ class ShardDataset(IterableDataset):
             slot = slot * n + i
         return order, lambda i: i % total == slot
 
-    # ---- one sample ------------------------------------------------------------------------------
+    # ---- one sample: plan (cheap, no video decode), then realize (decode) ------------------------
     def _prepare(self, raw: dict, *, wid: int, pas: int, image_source: bool) -> dict | None:
+        """A plan: target shape, frame indices, crop and flip decided, the decode deferred to
+        `_realize` (packing groups plans, so only clips that made a pack are decoded)."""
         o, train = self.o, self.train
         key = raw.get("__key__", "")
         try:
             meta = json.loads(raw[JSON]) if JSON in raw else {}
-        except Exception:  # noqa: BLE001
-            self._count(wid, "corrupt")
-            log.warning("sample %s: unreadable json, skipped", key)
-            return None
-        meta.setdefault("key", key)
-        meta["__url__"] = raw.get("__url__", "")
-        if train and meta.get("split", "train") != "train":
-            self._count(wid, "heldout")
-            return None
-        caption = raw[TXT].decode("utf-8", "replace") if TXT in raw else str(meta.get("caption", ""))
-        label = int(raw["cls"].decode()) if "cls" in raw else int(meta.get("label", -1))
-        rng = key_rng(key, o.seed, self.epoch, pas) if train else None
-        image_field = next((f for f in IMAGE_FIELDS if f in raw), None)
-        try:
+            meta.setdefault("key", key)
+            meta["__url__"] = raw.get("__url__", "")
+            if train and meta.get("split", "train") != "train":
+                self._count(wid, "heldout")
+                return None
+            caption = raw[TXT].decode("utf-8", "replace") if TXT in raw else str(meta.get("caption", ""))
+            label = int(raw["cls"].decode()) if "cls" in raw else int(meta.get("label", -1))
+            rng = key_rng(key, o.seed, self.epoch, pas) if train else None
+            image_field = next((f for f in IMAGE_FIELDS if f in raw), None)
             if MP4 in raw:
-                sample = self._prepare_video(raw, meta, rng, image_source=image_source, wid=wid)
+                plan = self._plan_video(raw[MP4], meta, rng, wid=wid)
             elif image_field:
-                sample = self._prepare_image(raw[image_field], meta, rng, wid=wid)
+                plan = self._plan_image(raw[image_field], meta, rng, wid=wid)
             else:
                 raise ValueError(
                     f"no {MP4} or image field (has {sorted(k for k in raw if not k.startswith('__'))})"
@@ -192,14 +189,34 @@ class ShardDataset(IterableDataset):
             self._count(wid, "corrupt")
             log.warning("sample %s (%s): %r, skipped", key, raw.get("__url__"), exn)
             return None
-        if sample is None:
+        if plan is None:
             return None
-        sample.update(caption=caption, label=label)
+        plan.update(caption=caption, label=label, meta=meta)
         if o.load_latents and LATENT in raw:
-            sample["latent"] = torch.from_numpy(np.load(io.BytesIO(raw[LATENT]))).float()
+            plan["latent_bytes"] = raw[LATENT]
         if EMB in raw:
-            sample["meta"]["has_emb"] = True
+            meta["has_emb"] = True
+        return plan
+
+    def _realize(self, plan: dict, *, wid: int) -> dict | None:
+        """Decode a plan into a sample ({"video" (3, T, H, W) in [-1, 1], ...}); None if it fails."""
+        meta = plan["meta"]
+        try:
+            frames = plan["load"]()  # (T, >=rh, >=rw, 3) uint8
+            top, left, hh, ww = meta["crop"]
+            video = to_tensor(
+                frames, top=top, left=left, height=hh, width=ww, flip=meta["flip"]
+            )  # (3, T, H, W)
+            sample = {k: plan[k] for k in ("caption", "label", "fps", "meta", "bucket", "tokens")}
+            sample["video"] = video
+            if "latent_bytes" in plan:
+                sample["latent"] = torch.from_numpy(np.load(io.BytesIO(plan["latent_bytes"]))).float()
+        except Exception as exn:  # noqa: BLE001 - a bad sample costs one sample, never the run
+            self._count(wid, "corrupt")
+            log.warning("sample %s (%s): %r, skipped", meta.get("key"), meta.get("__url__"), exn)
+            return None
         self._count(wid, "samples")
+        self._count(wid, "images", int(video.shape[1] == 1))
         return sample
 
     def _shape(self, h: int, w: int, n: int, step: float, *, image: bool, rng, wid: int):
@@ -221,22 +238,20 @@ class ShardDataset(IterableDataset):
         if t < self.o.min_frames and not image:
             self._count(wid, "short")
             return None
-        t, hh, ww = self.grid.fit(t, h, w, max_tokens=self.o.max_tokens_per_sample)
+        t, hh, ww = self.grid.fit(t, h, w, max_tokens=self.o.max_tokens_per_sample or self.o.tokens_per_batch)
         return None, t, hh, ww
 
-    def _finish(
-        self, frames: np.ndarray, bucket, t, hh, ww, rng, meta: dict, fps: float, idx: list[int]
-    ) -> dict:
+    def _plan(self, load, h, w, shape, rng, meta: dict, fps: float, idx: list[int]) -> dict:
+        bucket, t, hh, ww = shape
+        rh, rw = cover_size(h, w, hh, ww)
+        top, left = crop_offsets(rh, rw, hh, ww, rng)
         flip = bool(self.o.hflip and rng is not None and rng.random() < 0.5)
-        top, left = crop_offsets(frames.shape[1], frames.shape[2], hh, ww, rng)
-        video = to_tensor(frames, top=top, left=left, height=hh, width=ww, flip=flip)  # (3, T, H, W)
         meta.update(frame_indices=idx, crop=[top, left, hh, ww], flip=flip)
-        sample = {"video": video, "fps": fps, "meta": meta, "bucket": bucket}
-        sample["tokens"] = self.grid.tokens(t, hh, ww) if self.o.batching == "pack" else 0
-        return sample
+        tokens = self.grid.tokens(t, hh, ww) if self.o.batching == "pack" else 0
+        return {"load": lambda: load((rh, rw)), "fps": fps, "bucket": bucket, "tokens": tokens}
 
-    def _prepare_video(self, raw: dict, meta: dict, rng, *, image_source: bool, wid: int) -> dict | None:
-        o, data = self.o, raw[MP4]
+    def _plan_video(self, data: bytes, meta: dict, rng, *, wid: int) -> dict | None:
+        o = self.o
         if all(k in meta for k in ("num_frames", "fps", "height", "width")):
             n, fps, h, w = (
                 int(meta["num_frames"]),
@@ -254,39 +269,35 @@ class ShardDataset(IterableDataset):
         shape = self._shape(h, w, n, step, image=as_image, rng=rng, wid=wid)
         if shape is None:
             return None
-        bucket, t, hh, ww = shape
         if as_image:  # a frame drawn from the video (Latte/VDM joint training)
             idx, eff_fps = [int(rng.integers(0, n)) if rng is not None else n // 2], 0.0
-            self._count(wid, "images")
         else:
-            got = frame_indices(n, fps, num_frames=t, step=step, rng=rng, short_clips=o.short_clips)
+            got = frame_indices(n, fps, num_frames=shape[1], step=step, rng=rng, short_clips=o.short_clips)
             if got is None:
                 self._count(wid, "short")
                 return None
             idx, eff_fps = got
-        rh, rw = cover_size(h, w, hh, ww)
-        frames = decode_video(data, idx, size=(rh, rw))  # (T, rh, rw, 3) uint8
-        return self._finish(frames, bucket, t, hh, ww, rng, meta, eff_fps, idx)
+        return self._plan(
+            lambda size: decode_video(data, idx, size=size), h, w, shape, rng, meta, eff_fps, idx
+        )
 
-    def _prepare_image(self, data: bytes, meta: dict, rng, *, wid: int) -> dict | None:
-        frames = decode_image(data)  # (1, H, W, 3)
+    def _plan_image(self, data: bytes, meta: dict, rng, *, wid: int) -> dict | None:
+        frames = decode_image(data)  # (1, H, W, 3): images are small, decoded here to learn their size
         h, w = frames.shape[1:3]
         shape = self._shape(h, w, 1, 1.0, image=True, rng=rng, wid=wid)
         if shape is None:
             return None
-        bucket, t, hh, ww = shape
-        rh, rw = cover_size(h, w, hh, ww)
-        if (rh, rw) != (h, w):
-            resized = torch.nn.functional.interpolate(
-                torch.from_numpy(frames).permute(0, 3, 1, 2).float(),
-                size=(rh, rw),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
+
+        def load(size):
+            if size == (h, w):
+                return frames
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (1, 3, H, W)
+            x = torch.nn.functional.interpolate(
+                x, size=size, mode="bilinear", antialias=True, align_corners=False
             )
-            frames = resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (1, rh, rw, 3)
-        self._count(wid, "images")
-        return self._finish(frames, bucket, t, hh, ww, rng, meta, 0.0, [0])
+            return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (1, rh, rw, 3)
+
+        return self._plan(load, h, w, shape, rng, meta, 0.0, [0])
 
     # ---- streams -----------------------------------------------------------------------------
     def _shuffled(self, it: Iterator, rng: random.Random) -> Iterator:
@@ -379,8 +390,24 @@ class ShardDataset(IterableDataset):
         share, keep = self._share(self.urls, wid, nw, 0)
         return self._pass(share, keep, wid=wid, pas=0, image_source=False, seen=[0])
 
-    def _batches(self, samples: Iterator[dict], *, wid: int, final_flush: bool) -> Iterator[dict]:
-        if self.o.batching == "bucket":
+    def _watched(self, plans: Iterator[dict], *, wid: int) -> Iterator[dict]:
+        """Fail loudly instead of spinning when no planned sample ever decodes (all corrupt)."""
+        limit, since, last = 4 * self.o.pack_window + 1000, 0, -1
+        for p in plans:
+            done = int(self.counters[wid, _C["samples"]])
+            since = 0 if done != last else since + 1
+            last = done
+            if since > limit:
+                raise RuntimeError(
+                    f"{since} samples in a row failed to decode (counters "
+                    f"{dict(zip(COUNTERS, self.counters[wid].tolist()))}): the training shards look broken"
+                )
+            yield p
+
+    def _batches(self, plans: Iterator[dict], *, wid: int, final_flush: bool) -> Iterator[dict]:
+        plans = self._watched(plans, wid=wid)
+        if self.o.batching == "bucket":  # decode first: a batch is emitted only when full
+            samples = (s for s in (self._realize(p, wid=wid) for p in plans) if s is not None)
             for group in BucketBatcher(flush=final_flush)(samples):
                 self._count(wid, "batches")
                 yield collate_bucketed(group)
@@ -393,13 +420,16 @@ class ShardDataset(IterableDataset):
             min_fill=self.o.pack_min_fill,
             size=size,
         )
-        for group in packer(samples):
-            for s in group:
+        for group in packer(plans):  # pack plans, decode only what made a pack
+            samples = [s for s in (self._realize(p, wid=wid) for p in group) if s is not None]
+            if not samples:
+                continue
+            for s in samples:
                 s["meta"]["token_keep"] = keep
             self._count(wid, "batches")
-            self._count(wid, "tokens", sum(size(s) for s in group))
+            self._count(wid, "tokens", sum(size(s) for s in samples))
             self._count(wid, "budget", self.o.tokens_per_batch)
-            yield collate_packed(group)
+            yield collate_packed(samples)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -526,7 +556,7 @@ class VideoShardsDataModule(L.LightningDataModule):
             batch_size / image_batch_size: fixed-shape mode batch sizes (images default to batch_size * num_frames).
             buckets, aspect_ratios, max_upscale: bucket table (datamodules/buckets.py).
             tokens_per_batch: packing budget; in bucketing, sets batch sizes given as 0.
-            max_tokens_per_sample: packing: clips are downscaled (never up) to fit.
+            max_tokens_per_sample: packing: clips are downscaled (never up) to fit (default tokens_per_batch).
             min_frames: packing: clips giving fewer frames are skipped as short.
             pack_window, pack_min_fill: packing shuffle window (clips) and the fill at which a pack is emitted.
             token_drop_rate: packing counts only this fraction of each clip's tokens against the budget
@@ -605,7 +635,10 @@ class VideoShardsDataModule(L.LightningDataModule):
                     total += math.ceil(
                         self.grid.tokens(
                             *self.grid.fit(
-                                t, int(m["height"]), int(m["width"]), max_tokens=o.max_tokens_per_sample
+                                t,
+                                int(m["height"]),
+                                int(m["width"]),
+                                max_tokens=o.max_tokens_per_sample or o.tokens_per_batch,
                             )
                         )
                         * (1 - o.token_drop_rate)
