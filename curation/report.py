@@ -333,12 +333,16 @@ def _html(report: dict, out_dir: Path, clips: pa.Table, plots: dict[str, str], t
     # thumbnails
     rows = clips.to_pylist()
     rows.sort(key=lambda r: r.get("key") or "")
-    groups: dict[str, list[dict]] = {"kept": [r for r in rows if r.get("kept")]}
+    rejected: dict[tuple, list[dict]] = {}
     for r in rows:
         if not r.get("kept"):
-            groups.setdefault(
-                f"rejected at {r.get('stage') or '?'}: {reason_group(r.get('reason'))}", []
-            ).append(r)
+            rejected.setdefault((r.get("stage") or "?", reason_group(r.get("reason"))), []).append(r)
+    rank = {s: i for i, s in enumerate(CLIP_STAGES)}
+    groups = {"kept": [r for r in rows if r.get("kept")]}  # then rejects in pipeline order
+    for (stage, reason), members in sorted(
+        rejected.items(), key=lambda kv: (rank.get(kv[0][0], 99), -len(kv[1]))
+    ):
+        groups[f"rejected at {stage}: {reason}"] = members
     parts.append(f"<h2>Thumbnails</h2><p>At most {thumbs_per_reason} clips per group, in key order.</p>")
     for title, members in groups.items():
         parts.append(f"<h3>{html.escape(title)} ({len(members)})</h3><div class='grid'>")

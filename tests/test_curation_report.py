@@ -19,7 +19,14 @@ from curation.report import write_report
 F, INT, S, B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 SOURCE_SCHEMA = pa.schema(
     [("source_id", S), ("path", S), ("status", S), ("reason", S), ("duration", F), ("fps", F)]
-    + [("variable_fps", B), ("num_frames", INT), ("width", INT), ("height", INT), ("rotation", INT), ("codec", S)]
+    + [
+        ("variable_fps", B),
+        ("num_frames", INT),
+        ("width", INT),
+        ("height", INT),
+        ("rotation", INT),
+        ("codec", S),
+    ]
     + [
         ("num_scenes", INT),
         ("num_clips", INT),
@@ -38,7 +45,14 @@ CLIP_SCHEMA = pa.schema(
         ("start_frame", INT),
         ("end_frame", INT),
     ]
-    + [("start_seconds", F), ("end_seconds", F), ("num_frames", INT), ("duration", F), ("fps", F), ("width", INT)]
+    + [
+        ("start_seconds", F),
+        ("end_seconds", F),
+        ("num_frames", INT),
+        ("duration", F),
+        ("fps", F),
+        ("width", INT),
+    ]
     + [
         ("height", INT),
         ("motion_mean", F),
@@ -270,6 +284,11 @@ def test_html_is_self_contained_with_plots_and_thumbnails(tmp_path):
     assert len(jpegs) == 6
     assert all(base64.b64decode(r.split(",", 1)[1])[:2] == b"\xff\xd8" for r in jpegs)
     assert "rejected at motion: static (2)" in text and "kept (3)" in text
+    order = [
+        text.index(f"rejected at {s}")
+        for s in ("scene", "motion: static", "motion: too fast", "extract", "dedup")
+    ]
+    assert text.index("kept (3)") < order[0] and order == sorted(order)  # pipeline order, then by count
     assert "uncalibrated" not in text and "calibration not recorded" in text
 
 
