@@ -1,0 +1,62 @@
+"""Never lose work: SIGKILL at random points then rerun == one uninterrupted run; the local
+process pool and Ray give identical outputs. Both slow (real processes, a Ray instance)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_curation_pipeline import ARGS, snapshot  # tests/ is on sys.path (pytest prepend mode)
+
+
+def cli(raw, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "curation", f"raw={raw}", f"out={out}", *ARGS, "workers=2", *extra]
+
+
+def run_to_end(cmd) -> float:
+    t0 = time.time()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return time.time() - t0
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory):
+    from curation.synthetic import generate
+
+    raw = tmp_path_factory.mktemp("raw6")
+    generate(raw, videos=6, seed=7, short_side=96, min_seconds=3.0, max_seconds=5.0)
+    return raw
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(six, tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    duration = run_to_end(cli(six, ref))
+    rng = np.random.default_rng(0)
+    kills = 0
+    for delay in sorted(rng.uniform(0.15, 1.0, 6) * duration):
+        proc = subprocess.Popen(
+            cli(six, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its pool workers, mid-write
+            kills += 1
+        proc.wait()
+    assert kills >= 5, f"only {kills} runs were still going when killed; the footage is too small"
+    run_to_end(cli(six, killed))
+    assert snapshot(killed) == snapshot(ref)
+
+
+@pytest.mark.slow
+def test_local_pool_and_ray_give_identical_outputs(synthetic_dir, tmp_path):
+    pytest.importorskip("ray")
+    run_to_end(cli(synthetic_dir, tmp_path / "local", "executor=local"))
+    run_to_end(cli(synthetic_dir, tmp_path / "ray", "executor=ray", "ray.num_cpus=2"))
+    a, b = snapshot(tmp_path / "local"), snapshot(tmp_path / "ray")
+    assert a["clips"] and a == b
