@@ -9,7 +9,6 @@ import torch
 from lightning_modules.metrics import i3d
 from lightning_modules.metrics.detectors import FVDDetector
 from lightning_modules.metrics.protocols import (
-    Protocol,
     check_clip_length,
     get_protocol,
     preprocess_state_dict_input,

@@ -1,0 +1,219 @@
+"""FVDCallback: EMA weights during generation, cadence, logging, DDP shares, and a debug-sized run."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_modules.callbacks.ema import EMA
+from lightning_modules.callbacks.fvd import FVDCallback
+from lightning_modules.metrics import fvd as fvd_mod
+from lightning_modules.metrics.detectors import FVDDetector
+from lightning_modules.metrics.frechet import GaussianStats
+from lightning_modules.metrics.protocols import get_protocol
+
+warnings.filterwarnings("ignore", message=".*torch.jit.*")
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+PROTOCOL = get_protocol("fvd2048_16f").override(num_real=6, num_fake=6, num_frames=9)
+
+
+class TinyDetector(nn.Module):
+    """Cheap stand-in with the TorchScript call signature (the real I3D is exercised in the slow test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 4 * 4, 400)
+        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        x = x.float() / 127.5 - 1 if rescale else x
+        return self.proj(nn.functional.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1))
+
+
+def tiny_detector(protocol=PROTOCOL):
+    return FVDDetector(
+        protocol=protocol, module=TinyDetector(), path=Path("tiny"), sha256="0" * 64, calibrated=False
+    )
+
+
+class Clips(L.LightningDataModule):
+    def _loader(self):
+        g = torch.Generator().manual_seed(1)
+        data = [{"video": torch.rand(2, 3, 10, 16, 16, generator=g) * 2 - 1} for _ in range(4)]
+        return data
+
+    def train_dataloader(self):
+        return [{"x": torch.ones(1)} for _ in range(8)]
+
+    def val_dataloader(self):
+        return self._loader()
+
+
+class Dummy(L.LightningModule):
+    """One parameter; `generate` shifts seeded noise by it and records the weight it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1.0) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.2)
+
+    @torch.no_grad()
+    def generate(self, n, *, num_frames, height, width, seed=0, batch_size=8, **kwargs):
+        self.seen.append((seed, float(self.w)))
+        g = torch.Generator().manual_seed(seed)
+        return (torch.rand(n, 3, num_frames, height, width, generator=g) * 2 - 1 + self.w).clamp(-1, 1)
+
+
+def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
+    model = Dummy()
+    ema = EMA(decay=0.5)
+    cb = FVDCallback(
+        real="val_dataloader",
+        height=16,
+        width=16,
+        every_n_steps=2,
+        protocol="fvd2048_16f",
+        num_real=6,
+        num_fake=6,
+        num_frames=9,
+        batch_size=4,
+        detector=tiny_detector(),
+    )
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        callbacks=[ema, cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    shadow_at_generate = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        shadow_at_generate.append(float(ema.shadow["w"]))
+        return original(*args, **kwargs)
+
+    model.generate = spy
+    trainer.fit(model, datamodule=Clips())
+    # evaluated at steps 2 and 4; the end-of-training pass is skipped (step 4 already done)
+    assert [h["step"] for h in cb.history] == [2, 4]
+    # generation saw the EMA weights, not the raw ones; raw weights restored afterwards
+    assert [w for _, w in model.seen] == pytest.approx(shadow_at_generate)
+    assert float(model.w) != pytest.approx(shadow_at_generate[-1])
+    # 6 samples in batches of 4: seeds 0 and 4, the same at every evaluation
+    assert [s for s, _ in model.seen] == [0, 4, 0, 4]
+    name = "val/fvd_uncalibrated"  # random-init / stand-in detector: the name says so
+    values = [h[name] for h in cb.history]
+    assert all(np.isfinite(values)) and values[0] != values[1]
+    assert float(trainer.callback_metrics[name]) == pytest.approx(values[-1])
+    rows = list(csv.DictReader(open(next(Path(tmp_path).rglob("metrics.csv")))))
+    logged = [float(r[name]) for r in rows if r.get(name)]
+    assert logged == pytest.approx(values)
+
+
+def test_generator_shares_over_ranks_merge_to_the_single_process_statistics(monkeypatch):
+    def generate(n, *, num_frames, height, width, seed, batch_size, **kw):
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(n, 3, num_frames, height, width, generator=g) * 2 - 1
+
+    det = tiny_detector()
+    protocol = PROTOCOL.override(num_fake=7)
+    single, _ = fvd_mod.fake_statistics_from_generator(
+        generate, protocol, det, height=8, width=8, batch_size=2, progress=False
+    )
+    merged = GaussianStats(400)
+    for rank in range(3):
+        monkeypatch.setattr(fvd_mod, "dist_info", lambda r=rank: (r, 3))
+        part, _ = fvd_mod.fake_statistics_from_generator(
+            generate, protocol, det, height=8, width=8, batch_size=2, progress=False
+        )
+        merged.merge(part)
+    assert single.count == merged.count == 7
+    np.testing.assert_allclose(merged.mean, single.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.scatter, single.scatter, rtol=1e-9, atol=1e-9)
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    x = np.random.default_rng(0).standard_normal((50, 400))
+    stats = GaussianStats(400).update(x[rank::world]).all_gather()
+    if rank == 0:
+        np.savez(out, mean=stats.mean, scatter=stats.scatter, count=stats.count)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # spawning two interpreters costs ~30 s on a shared CPU
+def test_all_gather_merges_ranks_exactly(tmp_path):
+    out = str(tmp_path / "merged.npz")
+    torch.multiprocessing.spawn(_gather_worker, args=(2, f"file://{tmp_path / 'rdv'}", out), nprocs=2)
+    got = np.load(out)
+    x = np.random.default_rng(0).standard_normal((50, 400))
+    whole = GaussianStats(400).update(x)
+    assert int(got["count"]) == 50
+    np.testing.assert_allclose(got["mean"], whole.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got["scatter"], whole.scatter, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_debug_sized_video_diffusion_logs_fvd_with_random_i3d(tmp_path):
+    """The real wiring: VideoDiffusion (debug sizes) + EMA + random-init I3D TorchScript stand-in."""
+    from datamodules.synthetic import SyntheticVideoDataModule
+    from lightning_modules.video_diffusion import VideoDiffusion
+
+    torch.manual_seed(0)
+    model = VideoDiffusion(
+        dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
+        num_classes=4,
+        sample_steps=2,
+        lr=1e-3,
+    )
+    dm = SyntheticVideoDataModule(
+        num_samples=8, num_frames=10, height=32, width=32, batch_size=2, num_classes=4, patch_size=(1, 4, 4)
+    )
+    cb = FVDCallback(
+        real="val_dataloader",
+        height=32,
+        width=32,
+        every_n_steps=0,
+        protocol="fvd2048_16f",
+        num_real=2,
+        num_fake=2,
+        num_frames=9,
+        batch_size=2,
+        steps=2,
+        labels=[0, 1],
+        allow_random_detector=True,
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        callbacks=[EMA(decay=0.9), cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert len(cb.history) == 1 and cb.history[0]["step"] == 2
+    value = float(trainer.callback_metrics["val/fvd_uncalibrated"])
+    assert np.isfinite(value) and value > 0
+    assert cb.detector.calibrated is False and len(cb.detector.sha256) == 64

@@ -1,0 +1,255 @@
+"""The standalone evaluator on a held-out shard set vs a folder of videos (make eval's command)."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from torch import nn
+
+from curation import schema
+from lightning_modules import evaluate
+from lightning_modules.metrics.cache import StatsCacheMismatch, cache_key, load_stats, save_stats
+from lightning_modules.metrics.detectors import FVDDetector
+from lightning_modules.metrics.frechet import GaussianStats
+from lightning_modules.metrics.fvd import fake_statistics_from_folder, real_statistics
+from lightning_modules.metrics.protocols import get_protocol
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+
+def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
+    """uint8 (T, H, W, 3): a coloured square drifting over a gradient, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((num_frames, size, size, 3), np.uint8)
+    frames[..., 2] = np.linspace(0, 200, size, dtype=np.uint8)[None, None, :]
+    color = rng.integers(50, 255, 3)
+    for t in range(num_frames):
+        y, x = (3 + t) % (size - 8), (5 + 2 * t * (seed + 1)) % (size - 8)
+        frames[t, y : y + 8, x : x + 8] = color
+    return frames
+
+
+def encode_mp4(frames: np.ndarray, fps: int = 24) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(
+        str(folder / schema.SHARD_PATTERN.format(split="val")), maxcount=2, verbose=0
+    ) as sink:
+        for i, n in enumerate(lengths):
+            key = schema.check_key(f"src{i:03d}_s0000_c00")
+            meta = {
+                "key": key,
+                "source_id": f"src{i:03d}",
+                "source_path": f"raw/{i}.mp4",
+                "source_sha256": "0" * 64,
+                "start_frame": 0,
+                "end_frame": n,
+                "start_seconds": 0.0,
+                "end_seconds": n / 24,
+                "fps": 24.0,
+                "num_frames": n,
+                "width": size,
+                "height": size,
+                "split": "val",
+                "pipeline_version": schema.PIPELINE_VERSION,
+            }
+            assert not schema.missing_meta(meta)
+            sink.write(
+                {
+                    "__key__": key,
+                    schema.MP4: encode_mp4(moving_square(n, size, i)),
+                    schema.TXT: "a square",
+                    schema.JSON: json.dumps(meta).encode(),
+                }
+            )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_heldout_shards(root / "shards", [12, 5, 14, 11])  # the 5-frame clip is too short: discarded
+    (root / "fake").mkdir()
+    for i in range(3):
+        (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(10, 32, 10 + i)))
+    return root
+
+
+def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    out = tmp_path / "report.json"
+    argv = [
+        "--real",
+        str(data / "shards"),
+        "--fake",
+        str(data / "fake"),
+        "--metrics",
+        "fvd",
+        "--protocol",
+        "fvd2048_16f",
+        "--num-real",
+        "2",
+        "--num-fake",
+        "2",
+        "--num-frames",
+        "9",
+        "--allow-random-detector",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
+    assert evaluate.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["calibrated"] is False and "uncalibrated" in report["status"]
+    printed = capsys.readouterr()
+    assert "uncalibrated" in printed.out and "uncalibrated" in printed.err
+    p = report["protocol"]
+    assert p["name"].startswith("custom(fvd2048_16f:") and p["num_frames"] == 9 and p["cov_divisor"] == "N"
+    assert (p["rescale"], p["resize"], p["detector"]) == (True, True, "i3d_torchscript")
+    assert report["counts"] == {"real": 2, "fake": 2}
+    assert report["frames"] == 9 and report["stride"] == 1 and report["cov_divisor"] == "N"
+    assert "resize=True" in report["resize"]
+    assert len(report["detector_sha256"]) == 64 and report["detectors"]["fvd"]["calibrated"] is False
+    assert report["real"]["kind"] == "shards" and report["real"]["discarded_short"] == 1
+    assert report["real"]["available"] == 4 and report["real"]["first_keys"] == [
+        "src000_s0000_c00",
+        "src002_s0000_c00",
+    ]
+    assert report["fake"]["kind"] == "videos" and report["fake"]["first_keys"] == [
+        "sample_00.mp4",
+        "sample_01.mp4",
+    ]
+    assert np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 0
+
+
+def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_STATE_DICT", raising=False)
+    argv = [
+        "--real",
+        str(data / "shards"),
+        "--fake",
+        str(data / "fake"),
+        "--protocol",
+        "fvd_tats",
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "i3d_pretrained_400.pt" in err and "VIDEODIT_I3D_STATE_DICT" in err and "--i3d-state-dict" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+class TinyDetector(nn.Module):
+    """Cheap stand-in with the TorchScript call signature, for testing the plumbing around I3D."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 4 * 4, 400)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
+        x = x.float() / 127.5 - 1 if rescale else x
+        pooled = nn.functional.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1)  # (B, 48)
+        return self.proj(pooled)
+
+
+def tiny_detector(protocol, sha="a" * 64):
+    return FVDDetector(
+        protocol=protocol, module=TinyDetector(), path=Path("tiny"), sha256=sha, calibrated=False
+    )
+
+
+def test_real_statistics_cache_is_reused_and_mismatch_is_an_error(data, tmp_path):
+    protocol = get_protocol("fvd2048_16f").override(num_real=3, num_fake=2, num_frames=9)
+    cache = tmp_path / "real.npz"
+    first, info = real_statistics(
+        str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
+    )
+    assert cache.exists() and info["cache_hit"] is False and first.count == 3
+    again, info2 = real_statistics(
+        str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
+    )
+    assert info2["cache_hit"] is True
+    np.testing.assert_array_equal(again.scatter, first.scatter)
+    # the fake side and final formula may change without invalidating the real statistics
+    real_statistics(
+        str(data / "shards"),
+        protocol.override(num_fake=3, cov_divisor="N-1"),
+        tiny_detector(protocol),
+        cache=str(cache),
+        progress=False,
+    )
+    with pytest.raises(StatsCacheMismatch, match="detector_sha256"):
+        real_statistics(
+            str(data / "shards"),
+            protocol,
+            tiny_detector(protocol, sha="b" * 64),
+            cache=str(cache),
+            progress=False,
+        )
+    with pytest.raises(StatsCacheMismatch, match="real_clips_sha256"):
+        real_statistics(
+            str(data / "shards"),
+            protocol.override(num_real=2),
+            tiny_detector(protocol),
+            cache=str(cache),
+            progress=False,
+        )
+    # and directly: a different protocol field is named in the error
+    key = cache_key(real_clips_sha256="x", protocol={"stride": 1}, detector_sha256="d")
+    save_stats(tmp_path / "k.npz", GaussianStats(400), key)
+    with pytest.raises(StatsCacheMismatch, match=r"protocol.stride \(cached 1, now 3\)"):
+        load_stats(
+            tmp_path / "k.npz", cache_key(real_clips_sha256="x", protocol={"stride": 3}, detector_sha256="d")
+        )
+
+
+def test_fake_folder_shorter_than_protocol_is_rejected(data):
+    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=16)
+    with pytest.raises(
+        ValueError, match=r"fake clip 'sample_00.mp4' has 10 frames but the protocol needs 16"
+    ):
+        fake_statistics_from_folder(str(data / "fake"), protocol, tiny_detector(protocol), progress=False)
+
+
+def test_same_clips_from_shards_frames_and_videos_give_the_same_statistics(data, tmp_path):
+    """Readers agree: the decoded shard clips, re-saved as PNG frame folders, give identical stats."""
+    from PIL import Image
+
+    from lightning_modules.metrics.videos import open_sources
+
+    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=9, clip_start="first")
+    _, sources = open_sources(str(data / "shards"))
+    frames_dir = tmp_path / "frames"
+    for s in sources:
+        if s.num_frames >= 9:
+            (frames_dir / s.key).mkdir(parents=True)
+            for t, f in enumerate(s.load(list(range(s.num_frames)))):
+                Image.fromarray(f).save(frames_dir / s.key / f"{t:04d}.png")
+    a, _ = real_statistics(str(data / "shards"), protocol, tiny_detector(protocol), progress=False)
+    b, info = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
+    assert info["kind"] == "frames"
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12)
