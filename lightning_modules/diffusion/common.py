@@ -1,0 +1,85 @@
+"""Helpers shared by the objectives and samplers (no parameters, no state)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample values (B,) -> (B, 1, ..., 1) in x's dtype/device, to broadcast against x (B, ...)."""
+    return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over all but the batch dim, counting only generated positions (mask False).
+    x (B, C, T, H, W); mask (B, 1, T, H, W) bool, True = given -> (B,). A sample with nothing to
+    generate gets 0."""
+    if mask is None:
+        return x.flatten(1).mean(dim=1)
+    weight = (~mask).to(x.dtype).expand_as(x)  # (B, C, T, H, W)
+    return (x * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1.0)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
+
+
+def _approx_standard_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_log_likelihood(x, *, means, log_scales):
+    """Log-likelihood of data x in [-1, 1] discretised to 256 bins under N(means, exp(log_scales)^2),
+    elementwise (IDDPM's decoder term for t = 0)."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
+    )
+
+
+def call_model(model, x, t, mask, model_kwargs):
+    """Call the network on a batch tensor (B, C, T, H, W) or on a packed list of (C, T_i, H_i, W_i)."""
+    kwargs = model_kwargs or {}
+    if isinstance(x, (list, tuple)):
+        return model.forward_packed(list(x), t, masks=mask, **kwargs)
+    return model(x, t, mask=mask, **kwargs)
+
+
+def per_sample(fn, *args):
+    """Apply fn(x (B, ...), ..., t (B,)) to a tensor batch, or sample by sample to lists.
+    Tensors in args that are not lists are sliced per sample (their first dim is the batch)."""
+    if not isinstance(args[0], (list, tuple)):
+        return fn(*args)
+    out = []
+    for i in range(len(args[0])):
+        item = [
+            (a[i][None] if a[i] is not None else None)
+            if isinstance(a, (list, tuple))
+            else (a[i : i + 1] if isinstance(a, torch.Tensor) else a)
+            for a in args
+        ]
+        res = fn(*item)
+        out.append(res)
+    return out
+
+
+def with_given(x, given, mask):
+    """x where generated, given where mask is True (tensor or lists)."""
+    if mask is None:
+        return x
+    if isinstance(x, (list, tuple)):
+        return [xi if m is None else torch.where(m, g.to(xi.dtype), xi) for xi, g, m in zip(x, given, mask)]
+    return torch.where(mask, given.to(x.dtype), x)

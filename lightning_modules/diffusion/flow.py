@@ -1,0 +1,105 @@
+"""Rectified flow (SD3 / Open-Sora 1.2). Holds no parameters.
+
+Conventions: t in [0, 1], t = 1 is pure noise: x_t = (1 - t) x0 + t eps; the network predicts the
+velocity v = eps - x0 and is told t * num_timesteps (so DiT's timestep embedder sees its usual range).
+Training t is logit-normal, then shifted towards noise for bigger inputs (Open-Sora 1.2):
+ratio r = sqrt(H*W / base) * sqrt(T) computed on the latent shape, t' = r t / (1 + (r - 1) t).
+`shift_base_tokens` is base expressed in latent positions: 64*64 = a 512x512 image through an /8 VAE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .common import bcast, call_model, masked_mean, with_given
+
+
+def shift_timesteps(t: torch.Tensor, ratio) -> torch.Tensor:
+    """t' = r t / (1 + (r - 1) t); r may be a scalar or per-sample (B,)."""
+    ratio = torch.as_tensor(ratio, dtype=t.dtype, device=t.device)
+    return ratio * t / (1 + (ratio - 1) * t)
+
+
+def _shape_list(shapes) -> list[tuple[int, int, int]]:
+    """(B, 3|4) tensor or list of (T, H, W) / (C, T, H, W) -> list of (T, H, W)."""
+    rows = shapes.tolist() if isinstance(shapes, torch.Tensor) else [tuple(s) for s in shapes]
+    out = []
+    for s in rows:
+        if len(s) not in (3, 4):
+            raise ValueError(f"a shape must be (T, H, W) or (C, T, H, W), got {s}")
+        out.append(tuple(int(v) for v in s[-3:]))
+    return out
+
+
+class RectifiedFlow:
+    def __init__(
+        self,
+        *,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        shift: bool = True,
+        shift_base_tokens: int = 64 * 64,
+        num_timesteps: int = 1000,
+    ):
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+        self.shift, self.shift_base_tokens, self.num_timesteps = shift, shift_base_tokens, num_timesteps
+        self.learn_sigma = False
+
+    def shift_ratio(self, shape) -> float:
+        """r = sqrt(H*W / base) * sqrt(T) for a latent (T, H, W) or (C, T, H, W); 1 without shift."""
+        t, h, w = _shape_list([shape])[0]
+        return math.sqrt(h * w / self.shift_base_tokens) * math.sqrt(t) if self.shift else 1.0
+
+    def sample_t(self, batch_size, device, generator=None) -> torch.Tensor:
+        """Logit-normal t (B,) in (0, 1). Pass the per-sample latent shapes ((B, 3) tensor or a list of
+        (T, H, W) / (C, T, H, W)) to get the resolution/length shift; an int gives unshifted t."""
+        n = batch_size if isinstance(batch_size, int) else len(batch_size)
+        u = (
+            torch.randn(n, generator=generator, device="cpu", dtype=torch.float64) * self.logit_std
+            + self.logit_mean
+        )
+        t = torch.sigmoid(u)
+        if self.shift and not isinstance(batch_size, int):
+            t = shift_timesteps(t, torch.tensor([self.shift_ratio(s) for s in _shape_list(batch_size)]))
+        return t.float().to(device)
+
+    def model_t(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.num_timesteps
+
+    def sampling_timesteps(self, steps: int, shape) -> torch.Tensor:
+        """(steps + 1,) decreasing from 1 to 0, shifted for a latent shape like training t."""
+        t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        return shift_timesteps(t, self.shift_ratio(shape)).float()
+
+    def q_sample(self, x0, t, noise):
+        t = bcast(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    def x0_from_velocity(self, x_t, t, v):
+        return x_t - bcast(t, x_t) * v
+
+    def training_losses(self, model, x0, t, *, mask=None, noise=None, model_kwargs=None) -> dict:
+        """Same contract as GaussianDiffusion.training_losses; t (B,) float in [0, 1].
+        Returns {"loss": (B,), "mse": (B,), "x_t": ..., "pred": ...}."""
+        packed = isinstance(x0, (list, tuple))
+        if noise is None:
+            noise = [torch.randn_like(x) for x in x0] if packed else torch.randn_like(x0)
+        if packed:
+            x_t = [
+                self.q_sample(x[None], t[i : i + 1], n[None])[0] for i, (x, n) in enumerate(zip(x0, noise))
+            ]
+        else:
+            x_t = self.q_sample(x0, t, noise)
+        out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
+        if packed:
+            mse = torch.cat(
+                [
+                    masked_mean((n - x - o)[None] ** 2, None if mask is None else mask[i][None])
+                    for i, (o, x, n) in enumerate(zip(out, x0, noise))
+                ]
+            )
+        else:
+            mse = masked_mean((noise - x0 - out) ** 2, mask)  # (B,)
+        return {"loss": mse, "mse": mse, "x_t": x_t, "pred": out}

@@ -1,0 +1,205 @@
+"""Losses with masks, packed losses, samplers (exactness with an oracle, given positions, CFG)."""
+
+import pytest
+import torch
+
+from lightning_modules.diffusion import GaussianDiffusion, RectifiedFlow, predict_mask, sample
+from lightning_modules.nets import VideoDiT
+
+OBJECTIVES = {
+    "eps": lambda: GaussianDiffusion(prediction="eps"),
+    "v": lambda: GaussianDiffusion(prediction="v", schedule="cosine"),
+    "x0": lambda: GaussianDiffusion(prediction="x0"),
+    "sigma": lambda: GaussianDiffusion(learn_sigma=True),
+    "flow": lambda: RectifiedFlow(),
+}
+
+
+def tiny(learn_sigma=False, **kw):
+    model = VideoDiT(
+        in_channels=3,
+        patch_size=(1, 2, 2),
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        learn_sigma=learn_sigma,
+        **kw,
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+class Oracle(torch.nn.Module):
+    """Knows the single data point x0 and returns the exact prediction for any x_t."""
+
+    def __init__(self, diffusion, x0):
+        super().__init__()
+        self.d, self.x0, self.p = diffusion, x0, torch.nn.Parameter(torch.zeros(()))
+        self.full = (
+            GaussianDiffusion(schedule=diffusion.schedule)
+            if isinstance(diffusion, GaussianDiffusion)
+            else None
+        )
+
+    def forward(self, x, t, mask=None, **kw):
+        if self.full is None:
+            return (x - self.x0) / (t / self.d.num_timesteps).view(-1, 1, 1, 1, 1)
+        t = t.long()  # the network sees original timesteps even after respacing
+        eps = self.full.eps_from_x0(x, t, self.x0)
+        out = {"eps": eps, "x0": self.x0.expand_as(x), "v": self.full.v_from_x0_eps(self.x0, eps, t)}[
+            self.d.prediction
+        ]
+        return torch.cat([out, torch.zeros_like(out)], 1) if self.d.learn_sigma else out
+
+
+@pytest.mark.parametrize(
+    "name,sampler",
+    [("eps", "ddim"), ("eps", "ddpm"), ("v", "ddim"), ("x0", "ddpm"), ("sigma", "ddpm"), ("flow", "euler")],
+)
+def test_samplers_are_exact_with_an_oracle(name, sampler):
+    d = OBJECTIVES[name]()
+    x0 = torch.rand(2, 3, 2, 4, 4) * 2 - 1
+    out = sample(
+        Oracle(d, x0),
+        d,
+        (2, 3, 2, 4, 4),
+        sampler=sampler,
+        steps=20,
+        generator=torch.Generator().manual_seed(0),
+    )
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_masked_loss_ignores_given_positions(name):
+    """Loss counts only generated positions: perturbing the network output where mask is True leaves
+    the loss unchanged; the network sees x0 exactly at given positions."""
+    d = OBJECTIVES[name]()
+    model = tiny(learn_sigma=name == "sigma")
+    x0 = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    mask = predict_mask(4, 8, 8, 2)[None].expand(2, -1, -1, -1, -1)  # first 2 frames given
+    t = torch.tensor([0, 900]) if name != "flow" else torch.tensor([0.1, 0.9])
+    noise = torch.randn_like(x0)
+    seen = {}
+
+    class Perturbed(torch.nn.Module):
+        def __init__(self, bump):
+            super().__init__()
+            self.bump = bump
+
+        def forward(self, x, t, mask=None, **kw):
+            seen["x"], seen["mask"] = x, mask
+            out = model(x, t, mask=mask)
+            return out if mask is None else out + self.bump * mask.to(out.dtype)
+
+    ref = d.training_losses(Perturbed(0.0), x0, t, mask=mask, noise=noise)["loss"]
+    assert torch.equal(seen["x"][:, :, :2], x0[:, :, :2]) and seen["mask"] is mask
+    assert not torch.equal(seen["x"][:, :, 2:], x0[:, :, 2:])
+    bumped = d.training_losses(Perturbed(100.0), x0, t, mask=mask, noise=noise)["loss"]
+    torch.testing.assert_close(bumped, ref)
+    unmasked = d.training_losses(Perturbed(0.0), x0, t, noise=noise)["loss"]
+    assert not torch.allclose(unmasked, ref)
+
+
+@pytest.mark.parametrize("name", ["eps", "sigma", "flow"])
+def test_packed_losses_equal_per_sample_losses(name):
+    d = OBJECTIVES[name]()
+    model = tiny(learn_sigma=name == "sigma")
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 2, 8, 12, generator=g)]
+    noise = [torch.randn_like(x) for x in xs]
+    masks = [predict_mask(4, 8, 8, 1), torch.zeros(1, 2, 8, 12, dtype=torch.bool)]
+    t = torch.tensor([3, 600]) if name != "flow" else torch.tensor([0.2, 0.7])
+    packed = d.training_losses(model, xs, t, mask=masks, noise=noise)
+    for i in range(2):
+        single = d.training_losses(
+            model, xs[i][None], t[i : i + 1], mask=masks[i][None], noise=noise[i][None]
+        )
+        for k in ("loss", "mse"):
+            torch.testing.assert_close(packed[k][i : i + 1], single[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,sampler", [("eps", "ddpm"), ("v", "ddim"), ("flow", "euler")])
+def test_samplers_keep_given_frames_exactly(name, sampler):
+    d = OBJECTIVES[name]()
+    model = tiny()
+    given = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    mask = predict_mask(4, 8, 8, 2)[None].expand(2, -1, -1, -1, -1)
+    out = sample(model, d, given.shape, sampler=sampler, steps=5, eta=0.5, given=given, mask=mask)
+    assert torch.equal(out[:, :, :2], given[:, :, :2])
+    assert not torch.equal(out[:, :, 2:], given[:, :, 2:])
+    # packed: list in, list out, same guarantee
+    shapes = [(3, 4, 8, 8), (3, 3, 4, 8)]
+    givens = [torch.rand(s) for s in shapes]
+    masks = [predict_mask(4, 8, 8, 1), predict_mask(3, 4, 8, 2)]
+    outs = sample(model, d, shapes, sampler=sampler, steps=3, given=givens, mask=masks)
+    assert [tuple(o.shape) for o in outs] == shapes
+    for o, g, m in zip(outs, givens, masks):
+        assert torch.equal(o[m.expand_as(o)], g[m.expand_as(g)])
+
+
+def test_packed_sampling_matches_per_sample_sampling():
+    d, model = RectifiedFlow(), tiny()
+    shapes = [(3, 2, 8, 8), (3, 1, 4, 8)]
+    gen = torch.Generator().manual_seed(7)
+    outs = sample(model, d, shapes, sampler="euler", steps=4, generator=gen)
+    gen = torch.Generator().manual_seed(7)
+    noise = [torch.randn(s, generator=gen) for s in shapes]
+    for s, n, o in zip(shapes, noise, outs):
+        x = n[None]
+        grid = d.sampling_timesteps(4, s)
+        for i in range(4):
+            x = x + (grid[i + 1] - grid[i]) * model(x, d.model_t(grid[i : i + 1]))
+        torch.testing.assert_close(o, x[0], atol=1e-5, rtol=0)
+
+
+def test_classifier_free_guidance_formula():
+    """One Euler step from t=1: x = noise - v; guided v = v_u + s (v_c - v_u)."""
+
+    class ByLabel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, mask=None, y=None):
+            return torch.ones_like(x) * (y == 0).float().view(-1, 1, 1, 1, 1) * 2.0  # cond 2, uncond 0
+
+    d = RectifiedFlow(shift=False)
+    kw = dict(sampler="euler", steps=1, model_kwargs={"y": torch.tensor([0])})
+    noise = sample(
+        ByLabel(),
+        d,
+        (1, 1, 1, 2, 2),
+        generator=torch.Generator().manual_seed(0),
+        cfg_scale=1.0,
+        sampler="euler",
+        steps=1,
+        model_kwargs={"y": torch.tensor([1])},
+    )  # v = 0 -> the noise
+    out1 = sample(ByLabel(), d, (1, 1, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(out1, noise - 2.0)
+    out3 = sample(
+        ByLabel(),
+        d,
+        (1, 1, 1, 2, 2),
+        generator=torch.Generator().manual_seed(0),
+        cfg_scale=3.0,
+        uncond_kwargs={"y": torch.tensor([1])},
+        **kw,
+    )
+    torch.testing.assert_close(out3, noise - 6.0)
+    with pytest.raises(ValueError, match="uncond_kwargs"):
+        sample(ByLabel(), d, (1, 1, 1, 2, 2), cfg_scale=3.0, **kw)
+    with pytest.raises(ValueError, match="GaussianDiffusion"):
+        sample(ByLabel(), d, (1, 1, 1, 2, 2), sampler="ddim", steps=2)
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    d, model = GaussianDiffusion(), tiny()
+    a = sample(model, d, (1, 3, 2, 8, 8), sampler="ddpm", steps=4, generator=torch.Generator().manual_seed(1))
+    b = sample(model, d, (1, 3, 2, 8, 8), sampler="ddpm", steps=4, generator=torch.Generator().manual_seed(1))
+    c = sample(model, d, (1, 3, 2, 8, 8), sampler="ddpm", steps=4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
