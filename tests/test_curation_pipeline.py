@@ -224,3 +224,36 @@ def test_help_lists_every_key_with_default(capsys):
     for key in keys(CurateConfig):
         assert f"  {key} = " in text, key
     assert help_text() in text
+
+
+def test_captioning_with_a_tiny_local_model(synthetic_dir, tmp_path):
+    """Captions, CLIP scores and float16 embeddings flow from captions.Captioner into shards."""
+    import numpy as np
+
+    from curation.captions import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny")
+    cap = [f"caption.model={tiny['model']}", f"caption.pretrained={tiny['pretrained']}", "caption.device=cpu"]
+    out = tmp_path / "out"
+    rep = curate(synthetic_dir, out, *cap, "caption.enabled=true")
+    assert rep["num_ok"] == 4
+    kept = [c for c in rows(out, "clips") if c["kept"]]
+    assert kept and all(c["clip_score"] is not None and c["caption"] and c["caption_origin"] for c in kept)
+    for _, (_, s) in samples(out).items():
+        meta = json.loads(s["json"])
+        emb = np.load(io.BytesIO(s["emb.npy"]))
+        assert emb.dtype == np.float16 and emb.ndim == 1
+        assert s["txt"].decode() == meta["caption"] and meta["caption_candidates"]
+
+
+def test_missing_caption_weights_fail_before_any_processing(synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        f"raw={synthetic_dir}",
+        f"out={out}",
+        *ARGS,
+        "caption.enabled=true",
+        f"caption.pretrained={tmp_path / 'absent.pt'}",
+    ]
+    assert main(args) == 2
+    assert not (out / "work").exists()
