@@ -62,4 +62,4 @@ def decode_image(data: bytes) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))[None]  # (1, H, W, 3)
+        return np.array(im.convert("RGB"))[None]  # (1, H, W, 3), writable

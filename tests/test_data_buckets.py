@@ -31,7 +31,9 @@ def corpus(tmp_path_factory):
 
 
 def make(root, **kw):
-    args = dict(train_shards=str(root / "train-*.tar"), buckets=CONFIG, num_workers=0, latent_downsample=(1, 1, 1))
+    args = dict(
+        train_shards=str(root / "train-*.tar"), buckets=CONFIG, num_workers=0, latent_downsample=(1, 1, 1)
+    )
     args.update(kw)
     return VideoShardsDataModule(**args)
 
@@ -57,7 +59,11 @@ def test_assignment_never_upscales_past_tolerance_and_prefers_large():
             assert upscale(h, w, got.height, got.width) <= 1.25 + 1e-9
             assert got.num_frames <= n and got.num_frames > 1
     big = b.assign(height=360, width=640, num_source=100, step=1.0, image=False, rng=None)
-    assert (big.resolution, big.num_frames, big.height / big.width) == (48, 8, pytest.approx(9 / 16, rel=0.05))
+    assert (big.resolution, big.num_frames, big.height / big.width) == (
+        48,
+        8,
+        pytest.approx(9 / 16, rel=0.05),
+    )
     mid = b.assign(height=36, width=36, num_source=100, step=1.0, image=False, rng=None)
     assert (mid.resolution, mid.num_frames) == (32, 16)  # 48 would upscale 36 -> 48 (1.33x)
     short = b.assign(height=36, width=36, num_source=10, step=1.0, image=False, rng=None)
@@ -72,7 +78,9 @@ def test_keep_probability_is_deterministic_given_seed_and_epoch():
 
     def res(epoch):
         return [
-            b.assign(height=360, width=640, num_source=50, step=1.0, image=False, rng=key_rng(f"k{i}", 0, epoch)).resolution
+            b.assign(
+                height=360, width=640, num_source=50, step=1.0, image=False, rng=key_rng(f"k{i}", 0, epoch)
+            ).resolution
             for i in range(400)
         ]
 
@@ -106,7 +114,14 @@ def test_batches_per_epoch_follow_the_config(corpus):
     counts = {}
     for i, (t, h, w, _) in zip(range(24), itertools.cycle(CLIPS)):
         rng = key_rng(f"c{i:03d}_s0_c0", 0, 0, 0)
-        got = b.assign(height=h, width=w, num_source=t, step=1.0, image=False, rng=key_rng("bucket", int(rng.integers(2**31))))
+        got = b.assign(
+            height=h,
+            width=w,
+            num_source=t,
+            step=1.0,
+            image=False,
+            rng=key_rng("bucket", int(rng.integers(2**31))),
+        )
         if got is not None:
             counts[got] = counts.get(got, 0) + 1
     expected = sum(math.ceil(n / bk.batch_size) for bk, n in counts.items())
@@ -137,7 +152,10 @@ def test_two_ranks_disjoint_samples_equal_batch_counts(corpus, batching):
 
 
 def test_tiny_dataset_still_yields_batches_on_every_rank(tmp_path):
-    write_shards(str(tmp_path / "train-%06d.tar"), [clip_sample("only_s0_c0", num_frames=10, height=32, width=32, fps=24.0)])
+    write_shards(
+        str(tmp_path / "train-%06d.tar"),
+        [clip_sample("only_s0_c0", num_frames=10, height=32, width=32, fps=24.0)],
+    )
     counts = []
     for rank in range(2):
         dm = VideoShardsDataModule(train_shards=str(tmp_path / "train-*.tar"), num_frames=8, height=32, width=32,

@@ -236,3 +236,14 @@ def test_shards_read_by_plain_webdataset(shards):
     with tarfile.open(shards / "shards" / "train-000000.tar") as tar:
         assert all("." in m.name.split("/")[-1] for m in tar)
     assert io.BytesIO(sample["mp4"]).read(12)[4:8] == b"ftyp"
+
+
+def test_resampled_streaming_has_the_defined_epoch_length(shards):
+    counts, keys = [], []
+    for rank in range(2):
+        dm = make(shards, resampled=True, batches_per_epoch=7, rank=rank, world_size=2, num_workers=2)
+        batches = list(dm.train_dataloader())
+        counts.append(len(batches))
+        keys.append([m["key"] for b in batches for m in b["meta"]])
+    assert counts == [4, 4]  # ceil(7 / 2) per rank
+    assert keys[0] != keys[1]  # ranks draw different shards
