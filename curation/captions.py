@@ -214,17 +214,21 @@ def _resolve_weights(cfg: CaptionConfig, name: str) -> str | None:
         cached = _hf_cached(repo, files, cfg.cache_dir)
         if cached or _reachable("huggingface.co"):
             return cached
-        needed = f"{' or '.join(files)} from the Hugging Face repo {repo}"
+        try:
+            from huggingface_hub.constants import HF_HUB_CACHE as cache
+        except ImportError:
+            cache = "~/.cache/huggingface/hub"
+        needed = f"{' or '.join(files)} from the Hugging Face repo {repo} (cache: {cfg.cache_dir or cache})"
     else:
         url = pcfg["url"]
         cached = os.path.join(cfg.cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
         if os.path.isfile(cached) or _reachable(urlparse(url).hostname or ""):
             return None  # open_clip checks the file's hash, or downloads it
-        needed = f"{os.path.basename(url)} ({url})"
+        needed = f"{os.path.basename(url)} from {url} (cache: {cached})"
     raise CaptionWeightsError(
         f"caption.model={cfg.model!r} caption.pretrained={pretrained!r} needs the weights file {needed}; "
         "it is not in the local cache and cannot be downloaded (offline: no network or HF_HUB_OFFLINE=1). "
-        "Download it on a machine with network access and " + _how_to_fix(cfg, "the downloaded file")
+        "Download it on a machine with network access. " + _how_to_fix(cfg, "the downloaded file")
     )
 
 
@@ -305,11 +309,10 @@ class Captioner:
         else:
             self.device = torch.device(cfg.device)
         self.name, arch = _architecture(cfg)
-        checkpoint = _resolve_weights(cfg, self.name)
         schema = cfg.model.startswith(("hf-hub:", "local-dir:"))
-        self.model = open_clip.create_model(
+        self.model = open_clip.create_model(  # a tag keeps its preprocessing config (mean, std)
             self.name,
-            pretrained=None if schema else (checkpoint or cfg.pretrained),
+            pretrained=None if schema else cfg.pretrained,
             device=self.device,
             cache_dir=cfg.cache_dir,
             require_pretrained=True,

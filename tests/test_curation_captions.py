@@ -166,6 +166,16 @@ def test_pretrained_tag_offline_and_not_cached_names_the_file(monkeypatch, tmp_p
     assert "caption.pretrained=/path/to/ckpt" in msg and "caption.enabled=false" in msg
 
 
+def test_pretrained_tag_found_in_the_offline_cache_passes(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors").write_bytes(b"weights")
+    check_weights(CaptionConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k", cache_dir=str(tmp_path)))
+
+
 @pytest.mark.parametrize(
     ("model", "pretrained", "needle"),
     [
@@ -226,3 +236,16 @@ def test_coca_model_adds_a_generated_candidate(tiny_coca):
     for r in results:
         assert [c["origin"] for c in r["caption_candidates"]].count("coca") <= 1
     assert any(c["origin"] == "coca" for r in results for c in r["caption_candidates"])
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_matches_cpu(tiny):
+    items = _items(3, source_caption="a red square on a plain background")
+    cpu = Captioner(CaptionConfig(**tiny, device="cpu")).caption_clips(items)
+    cap = Captioner(CaptionConfig(**tiny, device="auto"))
+    assert cap.device.type == "cuda"  # auto picks cuda when there is one
+    gpu = cap.caption_clips(items)
+    for a, b in zip(cpu, gpu):
+        ea, eb = a["embedding"].astype(np.float32), b["embedding"].astype(np.float32)
+        assert float(ea @ eb) > 0.99  # bf16 autocast vs float32
+        assert abs(a["clip_score"] - b["clip_score"]) < 0.05
