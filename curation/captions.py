@@ -29,6 +29,7 @@ import math
 import os
 import re
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -44,6 +45,7 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 # (to log(100) for CLIP), so a checkpoint still holding an initial value was never trained.
 _INIT_LOGIT_SCALES = (math.log(1 / 0.07), math.log(10.0))
 _SLOTS = ("subject", "action", "scene", "camera")
+_TEXT_CACHE_SIZE = 50_000  # text embeddings kept per Captioner (about 100 MB at D = 512)
 _VOCAB_LISTS = {"subject": "subjects", "action": "actions", "scene": "scenes", "camera": "camera"}
 
 
@@ -326,7 +328,7 @@ class Captioner:
         scale = float(self.model.logit_scale.detach().float().reshape(-1)[0])
         self.calibrated = not any(abs(scale - s) < 5e-3 for s in _INIT_LOGIT_SCALES)  # fp16-saved too
         self.vocab = load_vocabulary(cfg.vocabulary)
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._phrases: dict[str, tuple[list[str], np.ndarray]] | None = None
         self.embed_dim = int(self.encode_texts(["a video"]).shape[-1])
 
@@ -385,18 +387,27 @@ class Captioner:
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """float32 (N, D) normalised text embeddings; cached per text for the Captioner's life."""
-        todo = sorted({t for t in texts if t not in self._text_cache})
+        """float32 (N, D) normalised text embeddings. Recently used texts are kept (LRU, bounded):
+        composed retrieval sentences repeat across clips, source captions mostly do not."""
+        cache = self._text_cache
+        todo = sorted({t for t in texts if t not in cache})
+        fresh = {}
         with self._autocast():
             for i in range(0, len(todo), self.cfg.batch_size):
                 chunk = todo[i : i + self.cfg.batch_size]
                 tokens = self.tokenizer(chunk).to(self.device)  # (b, L)
-                f = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
-                for t, v in zip(chunk, f.cpu().numpy()):
-                    self._text_cache[t] = v
+                f = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)  # (b, D)
+                fresh.update(zip(chunk, f.cpu().numpy()))
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
-        return np.stack([self._text_cache[t] for t in texts])
+        out = np.stack([fresh[t] if t in fresh else cache[t] for t in texts])  # (N, D)
+        for t in texts:
+            if t in cache:
+                cache.move_to_end(t)
+        cache.update(fresh)
+        while len(cache) > _TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
 
     @torch.inference_mode()
     def generate(self, clips: list[np.ndarray]) -> list[str]:

@@ -204,6 +204,27 @@ def test_bad_frames_are_rejected_with_their_shape(captioner):
         captioner.caption_clips([{"key": "k", "frames": np.zeros((2, 8, 8), np.uint8), "motion": {}}])
 
 
+def test_vocabulary_is_encoded_once_and_the_text_cache_is_bounded(tiny, monkeypatch):
+    cap = Captioner(CaptionConfig(**tiny))
+    encoded = []
+    real = cap.model.encode_text
+    monkeypatch.setattr(cap.model, "encode_text", lambda tokens: encoded.append(len(tokens)) or real(tokens))
+    items = _items(2)
+    first = cap.caption_clips(items)
+    vocab_size = sum(len(cap.vocab[k]) for k in ("subjects", "actions", "scenes", "camera"))
+    assert sum(encoded) >= vocab_size
+    encoded.clear()
+    again = cap.caption_clips(items)
+    assert sum(encoded) == 0  # phrases and composed sentences come from the caches
+    assert [r["caption_candidates"] for r in again] == [r["caption_candidates"] for r in first]
+
+    monkeypatch.setattr(captions, "_TEXT_CACHE_SIZE", 5)
+    texts = [f"text number {i}" for i in range(12)]
+    bounded = cap.encode_texts(texts)
+    assert len(cap._text_cache) <= 5
+    np.testing.assert_allclose(bounded, cap.encode_texts(texts), atol=1e-6)
+
+
 def test_empty_batch(captioner):
     assert captioner.caption_clips([]) == []
 
