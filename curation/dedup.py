@@ -26,6 +26,10 @@ class DedupConfig:
     """Near-duplicate removal options (``dedup.*`` on the curation command line)."""
 
     enabled: bool = field(default=True, metadata={"help": "drop near-duplicate kept clips"})
+    method: str = field(
+        default="auto",
+        metadata={"help": "auto (CLIP embeddings when every clip has one, else phash), embedding, or phash"},
+    )
     cosine_threshold: float = field(
         default=0.98,
         metadata={"help": "duplicates when CLIP embedding cosine >= this (Open-Sora uses 0.98)"},
@@ -78,10 +82,13 @@ def _greedy(n: int, block_neighbours) -> dict[int, int]:
 def find_duplicates(items: list[dict], cfg: DedupConfig) -> dict[str, str]:
     """{dropped key: kept key} for near-duplicate items {"key", "embedding", "phash", "quality"}.
 
-    Uses embeddings (cosine >= cfg.cosine_threshold) when every item has one, else perceptual
-    hashes (Hamming <= cfg.hamming_threshold) among the items that have one. Higher quality is
+    Uses embeddings (cosine >= cfg.cosine_threshold) when every item has one (method auto or
+    embedding), else perceptual hashes (Hamming <= cfg.hamming_threshold) among the items that
+    have one. Higher quality is
     kept (NaN/None count as lowest); ties go to the smaller key.
     """
+    if cfg.method not in ("auto", "embedding", "phash"):
+        raise ValueError(f"dedup.method={cfg.method!r}: use auto, embedding or phash")
     if not cfg.enabled or len(items) < 2:
         return {}
     keys = [it["key"] for it in items]
@@ -93,7 +100,14 @@ def find_duplicates(items: list[dict], cfg: DedupConfig) -> dict[str, str]:
         q = float("-inf") if q is None or not np.isfinite(q) else float(q)
         return (-q, it["key"])
 
-    if all(it.get("embedding") is not None for it in items):
+    have_emb = all(it.get("embedding") is not None for it in items)
+    if cfg.method == "embedding" and not have_emb:
+        missing = next(it["key"] for it in items if it.get("embedding") is None)
+        raise ValueError(
+            f"dedup.method=embedding but clip {missing!r} has no CLIP embedding (captioning off?); "
+            "use dedup.method=auto or phash"
+        )
+    if have_emb and cfg.method != "phash":
         items = sorted(items, key=rank)
         e = _embeddings(items)  # (N, D)
         thr = np.float32(cfg.cosine_threshold) - np.float32(1e-6)  # float32 rounding of exact copies

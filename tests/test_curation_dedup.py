@@ -162,3 +162,17 @@ def test_ten_thousand_clips_match_a_brute_force_reference():
             expected[f"k{hi:05d}"] = f"k{lo:05d}"
     assert len(expected) > n // 4
     assert got == dict(sorted(expected.items()))
+
+
+def test_method_forces_phash_or_embeddings():
+    items, expected = _phash_items(2)
+    rng = np.random.default_rng(3)
+    for it in items:
+        it["embedding"] = rng.normal(size=16)  # unrelated embeddings: no embedding duplicates
+    assert find_duplicates(items, DedupConfig()) == {}
+    assert find_duplicates(items, DedupConfig(method="phash")) == expected
+    items[0]["embedding"] = None
+    with pytest.raises(ValueError, match="dedup.method=embedding"):
+        find_duplicates(items, DedupConfig(method="embedding"))
+    with pytest.raises(ValueError, match="use auto, embedding or phash"):
+        find_duplicates(items, DedupConfig(method="clip"))
