@@ -84,8 +84,7 @@ def find_duplicates(items: list[dict], cfg: DedupConfig) -> dict[str, str]:
 
     Uses embeddings (cosine >= cfg.cosine_threshold) when every item has one (method auto or
     embedding), else perceptual hashes (Hamming <= cfg.hamming_threshold) among the items that
-    have one. Higher quality is
-    kept (NaN/None count as lowest); ties go to the smaller key.
+    have one. Higher quality is kept (NaN/None count as lowest); ties go to the smaller key.
     """
     if cfg.method not in ("auto", "embedding", "phash"):
         raise ValueError(f"dedup.method={cfg.method!r}: use auto, embedding or phash")
