@@ -213,12 +213,23 @@ def evaluate(args) -> dict:
         results.update(video_is.compute())
         detectors["video_is"] = video_is.describe()
     calibrated = all(d["calibrated"] for d in detectors.values())
+    notes = []
+    if not calibrated:
+        notes.append(f"{UNCALIBRATED}: random-init detector(s) stand in for missing weight files")
+    if protocol.name not in PROTOCOLS:
+        notes.append("custom protocol: compare only with numbers computed under the same protocol")
+    if min(real.count, fake.count) <= real.dim:
+        notes.append(
+            f"only {min(real.count, fake.count)} clips for {real.dim}-d features: covariances are rank-"
+            "deficient and FVD is biased upwards (roughly ~1/N)"
+        )
     report = {
         "calibrated": calibrated,
         "status": "calibrated"
         if calibrated
         else f"{UNCALIBRATED}: random-init detector(s), numbers are NOT comparable",
         "metrics": results,
+        "notes": notes,
         "protocol": protocol.as_dict(),
         "frames": protocol.num_frames,
         "stride": protocol.stride,

@@ -141,6 +141,7 @@ def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys,
         "sample_01.mp4",
     ]
     assert np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 0
+    assert any("uncalibrated" in n for n in report["notes"]) and any("custom" in n for n in report["notes"])
 
 
 def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeypatch):
@@ -253,3 +254,63 @@ def test_same_clips_from_shards_frames_and_videos_give_the_same_statistics(data,
     b, info = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
     assert info["kind"] == "frames"
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_fake_from_a_checkpoint_is_sampled_with_ema(data, tmp_path, monkeypatch):
+    """--fake run.ckpt: VideoDiffusion.load_for_sampling + generate, then the same report."""
+    import lightning as L
+
+    from datamodules.synthetic import SyntheticVideoDataModule
+    from lightning_modules.callbacks.ema import EMA
+    from lightning_modules.video_diffusion import VideoDiffusion
+
+    torch.manual_seed(0)
+    model = VideoDiffusion(
+        dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)}, sample_steps=2
+    )
+    dm = SyntheticVideoDataModule(
+        num_samples=4, num_frames=10, height=32, width=32, batch_size=2, patch_size=(1, 4, 4)
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[EMA(decay=0.9)],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = tmp_path / "report.json"
+    argv = [
+        "--real",
+        str(data / "shards"),
+        "--fake",
+        str(ckpt),
+        "--protocol",
+        "fvd_tats",
+        "--num-real",
+        "2",
+        "--num-fake",
+        "2",
+        "--num-frames",
+        "9",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "2",
+        "--allow-random-detector",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert evaluate.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["fake"]["kind"] == "generator" and report["fake"]["ema"] is True
+    assert report["counts"]["fake"] == 2 and report["protocol"]["cov_divisor"] == "N-1"
+    assert any("rank-deficient" in n for n in report["notes"])

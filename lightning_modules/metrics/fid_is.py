@@ -56,10 +56,10 @@ class FrameFIDIS:
         splits: int = 10,
         device: str | torch.device = "cpu",
     ):
+        path = require_weights("inception", weights, allow_random=allow_random)  # before the slow imports
         from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
         from torchmetrics.image.inception import InceptionScore
 
-        path = require_weights("inception", weights, allow_random=allow_random)
         self.calibrated = path is not None
         if path is None:
             path = random_inception_weights(
