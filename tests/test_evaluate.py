@@ -140,7 +140,9 @@ def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys,
         "sample_00.mp4",
         "sample_01.mp4",
     ]
-    assert np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 0
+    assert (
+        np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 1e-3
+    )  # random I3D still separates clips
     assert any("uncalibrated" in n for n in report["notes"]) and any("custom" in n for n in report["notes"])
 
 

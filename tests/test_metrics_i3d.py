@@ -63,6 +63,10 @@ def test_tf_converted_style_file_loads_strict(tmp_path):
     # a plain dict without num_batches_tracked and without version metadata, as the converter saves it
     net = i3d.random_i3d(seed=3)
     state = {k: v.clone() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    g = torch.Generator().manual_seed(0)
+    for k in state:  # non-default BatchNorm values, so loading them is visible
+        if ".bn." in k:
+            state[k] = torch.rand(state[k].shape, generator=g) + 0.5
     assert list(state) != [] and sorted(state) == sorted(tats_file_keys())
     torch.save(state, tmp_path / "i3d_pretrained_400.pt")
     loaded = i3d.load_state_dict_i3d(tmp_path / "i3d_pretrained_400.pt")  # strict=True inside
