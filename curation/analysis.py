@@ -25,6 +25,7 @@ import av
 import cv2
 import numpy as np
 import scenedetect.detectors as sd_detectors
+from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
 
 from curation.config import AnalysisConfig
@@ -170,17 +171,26 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     prev_gray = None
     det_wh = small_wh = None
     last_tc = None
+    scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
-        bgr = d.frame.to_ndarray(format="bgr24")  # (H, W, 3) as scenedetect's PyAV backend reads it
         if det_wh is None:
-            h, w = bgr.shape[:2]
+            w, h = d.frame.width, d.frame.height
             det_wh = detector_size(w, h, cfg.min_width)
             small_wh = small_size(*det_wh, cfg.flow_short_side)
+            keep_wh = small_size(w, h, cfg.keep_short_side)
             diag = math.hypot(*small_wh)
             window = cv2.createHanningWindow(small_wh, cv2.CV_32F)
-        if bgr.shape[1::-1] != (w, h):
-            continue  # a frame whose size changed mid-stream (corrupt); scenedetect skips it too
-        det = bgr if det_wh == (w, h) else cv2.resize(bgr, det_wh, interpolation=cv2.INTER_LINEAR)
+        if (d.frame.width, d.frame.height) != (w, h):  # size changed mid-stream (corrupt): scenedetect
+            diffs.append(0.0)  # skips such frames; we keep the index aligned and feed no detector
+            luma.append(luma[-1] if luma else 0.0)
+            continue
+        if cfg.scaler == "scenedetect" or det_wh == (w, h):
+            bgr = d.frame.to_ndarray(format="bgr24")  # (H, W, 3) exactly as scenedetect's PyAV backend
+            det = bgr if det_wh == (w, h) else cv2.resize(bgr, det_wh, interpolation=cv2.INTER_LINEAR)
+        else:  # FFmpeg scales and converts in one pass: far cheaper than full-size BGR + cv2.resize
+            det = scaler.reformat(
+                d.frame, width=det_wh[0], height=det_wh[1], format="bgr24", interpolation="AREA"
+            ).to_ndarray()
         pts_to_index[_pts(d.timecode)] = d.index
         for detector in detectors:
             cuts += detector.process_frame(d.timecode, det)
@@ -202,8 +212,9 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             shift_mag.append(math.hypot(dx, dy) / diag * fps)
         if keep_every and d.index >= next_keep - 1e-6:
             next_keep += keep_every
-            kw, kh = small_size(w, h, cfg.keep_short_side)
-            rgb = cv2.resize(bgr, (kw, kh), interpolation=cv2.INTER_AREA)[..., ::-1]
+            rgb = keeper.reformat(
+                d.frame, width=keep_wh[0], height=keep_wh[1], format="rgb24", interpolation="AREA"
+            ).to_ndarray()  # (h, w, 3)
             kept[d.index] = encode_jpeg(rotate(rgb, rotation))
         prev_gray = gray
     if last_tc is not None:

@@ -17,6 +17,8 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
+from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from curation.analysis import iter_frames, rotate
 from curation.config import ExtractConfig
@@ -84,12 +86,22 @@ class _Writer:
         self.stream.codec_context.thread_count = cfg.threads
         self.stream.codec_context.time_base = 1 / rate
         self.count = 0
+        self.scaler = VideoReformatter()
 
-    def write(self, rgb: np.ndarray, repeats: int) -> None:
-        if rgb.shape[1::-1] != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        for _ in range(repeats):
+    def write(self, frame: av.VideoFrame, repeats: int, rotation: int) -> None:
+        """Encode a decoded source frame `repeats` times. Without rotation the frame goes to the
+        encoder as decoded (FFmpeg scales it if needed): no RGB round trip."""
+        if rotation:
+            rgb = rotate(frame.to_ndarray(format="rgb24"), rotation)  # (H, W, 3)
+            if rgb.shape[1::-1] != self.size:
+                rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        elif (frame.width, frame.height) != self.size:
+            frame = self.scaler.reformat(
+                frame, width=self.size[0], height=self.size[1], format="yuv420p", interpolation="AREA"
+            )
+        frame.pict_type = PictureType.NONE  # let the encoder choose frame types, not the source's
+        for _ in range(repeats):
             frame.pts, frame.time_base = self.count, 1 / self.rate
             self.container.mux(self.stream.encode(frame))
             self.count += 1
@@ -139,14 +151,14 @@ def extract(
             jobs = plan.get(d.index)
             if not jobs:
                 continue
-            rgb = rotate(d.frame.to_ndarray(format="rgb24"), rotation)  # (H, W, 3)
+            fw, fh = (
+                (d.frame.height, d.frame.width) if rotation in (90, 270) else (d.frame.width, d.frame.height)
+            )
             for spec, reps in jobs:
                 w = writers.get(spec.key)
                 if w is None:
-                    w = writers[spec.key] = _Writer(
-                        spec, rate, output_size(rgb.shape[1], rgb.shape[0], cfg), cfg
-                    )
-                w.write(rgb, reps)
+                    w = writers[spec.key] = _Writer(spec, rate, output_size(fw, fh, cfg), cfg)
+                w.write(d.frame, reps, rotation)
                 if d.index == final[spec.key]:
                     w.close()
                     del writers[spec.key]
