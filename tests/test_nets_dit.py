@@ -127,18 +127,21 @@ def test_dense_mask_backend_matches_grouped(block_type):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_packed_segments_are_built_once_per_batch(monkeypatch):
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa_dense"])
+def test_packed_attention_plan_is_built_once_per_batch(monkeypatch, backend):
     """Segment structures are cached on the layout: one build per attention kind, not per layer."""
     calls = []
-    orig = PackedLayout.segments
+    method = "sdpa_groups" if backend == "sdpa" else "segments"
+    orig = getattr(PackedLayout, method)
+    cache = "_groups" if backend == "sdpa" else "_segments"
 
     def counting(self, kind):
-        if kind not in self._segments:
+        if kind not in getattr(self, cache):
             calls.append(kind)
         return orig(self, kind)
 
-    monkeypatch.setattr(PackedLayout, "segments", counting)
-    model = randomize(tiny(block_type="vdt", depth=4))
+    monkeypatch.setattr(PackedLayout, method, counting)
+    model = randomize(tiny(block_type="vdt", depth=4, attn_backend=backend))
     xs, _ = _clips()
     with torch.no_grad():
         model.forward_packed(xs, torch.zeros(len(xs)))
@@ -180,9 +183,9 @@ def test_rope_is_relative():
     from lightning_modules.nets.attention import apply_rope
 
     def score(pq, pk):
-        cq, sq = rope_3d(torch.tensor([pq]), 12)
-        ck, sk = rope_3d(torch.tensor([pk]), 12)
-        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+        return (
+            apply_rope(q, rope_3d(torch.tensor([pq]), 12)) * apply_rope(k, rope_3d(torch.tensor([pk]), 12))
+        ).sum()
 
     torch.testing.assert_close(score((1, 2, 3), (0, 0, 1)), score((5, 7, 9), (4, 5, 7)), atol=1e-5, rtol=0)
     assert not torch.allclose(score((1, 2, 3), (0, 0, 1)), score((1, 2, 3), (0, 1, 1)))

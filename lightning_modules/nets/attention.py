@@ -74,24 +74,25 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - dh - dw, dh, dw
 
 
-def rope_3d(coords: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation angles for 3D RoPE. coords (N, 3) integer (t, h, w) -> cos, sin (N, head_dim // 2)."""
+def rope_3d(coords: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """3D RoPE rotations as unit complex numbers: coords (N, 3) integer (t, h, w) -> (N, head_dim // 2)
+    complex64; the head's dims are split between the t, h and w axes (`rope_axis_dims`)."""
     angles = []
     for axis, dim in enumerate(rope_axis_dims(head_dim)):
         inv_freq = base ** (
             -torch.arange(0, dim, 2, device=coords.device, dtype=torch.float64) / dim
         )  # (dim/2,)
         angles.append(coords[:, axis, None].double() * inv_freq)  # (N, dim/2)
-    angles = torch.cat(angles, dim=-1)  # (N, head_dim/2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones(1, dtype=torch.float64, device=coords.device), torch.cat(angles, -1)).to(
+        torch.complex64
+    )  # (N, head_dim/2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, N, heads, d) by per-token angles cos/sin (N, d/2)."""
-    cos = cos[None, :, None, :].to(x.dtype)  # (1, N, 1, d/2)
-    sin = sin[None, :, None, :].to(x.dtype)
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, heads, d/2) each
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, N, heads, d)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, N, heads, d) by per-token complex rotations (N, d/2).
+    One complex multiply: cheaper than the four real products and a stack of the cos/sin form."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, N, heads, d/2)
+    return torch.view_as_real(xc * rope[None, :, None, :]).flatten(-2).to(x.dtype)  # (B, N, heads, d)
 
 
 def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
@@ -185,19 +186,6 @@ class _Segments:
         starts = torch.tensor([0] + lengths, device=dev).cumsum(0)
         self.cu_seqlens = starts.to(torch.int32)
         self.max_len = max(lengths)
-        # grouped SDPA: segments of equal length stacked into one batch each
-        by_len: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            by_len.setdefault(n, []).append(i)
-        self.groups = []  # (positions (n_seg, L) into `order`)
-        starts_l = starts.tolist()
-        for n, seg_ids in by_len.items():
-            first = torch.tensor([starts_l[i] for i in seg_ids], device=dev)  # (n_seg,)
-            self.groups.append(first[:, None] + torch.arange(n, device=dev))  # (n_seg, L)
-        flat = torch.cat([g.flatten() for g in self.groups])  # group-major positions in `order`
-        self.group_tokens = order[flat]  # (N,) token ids in group-major order
-        self.group_identity = bool(torch.equal(self.group_tokens, torch.arange(len(order), device=dev)))
-        self.group_inverse = torch.argsort(self.group_tokens)
         self.seg_id = torch.repeat_interleave(
             torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev)
         )[self.inverse]  # (N,) segment id per token in original order
@@ -219,10 +207,15 @@ class PackedLayout:
             torch.arange(len(self.grids), device=device), torch.tensor(self.sizes, device=device)
         )  # (N,)
         self._segments: dict[str, _Segments] = {}
+        self._groups: dict[str, list] = {}
+        self._onehot = None
 
     def per_token(self, v: torch.Tensor) -> torch.Tensor:
-        """Per-sample vectors (B, D) -> per token (1, N, D)."""
-        return v[self.sample_id][None]
+        """Per-sample vectors (B, D) -> per token (1, N, D). A one-hot matmul rather than v[sample_id]:
+        same result, but its backward is a matmul instead of a slow scatter-add on CPU."""
+        if self._onehot is None or self._onehot.dtype != v.dtype:
+            self._onehot = torch.nn.functional.one_hot(self.sample_id, len(self.grids)).to(v.dtype)  # (N, B)
+        return (self._onehot @ v)[None]
 
     def segments(self, kind: str) -> _Segments:
         if kind not in self._segments:
@@ -245,19 +238,61 @@ class PackedLayout:
         return self._segments[kind]
 
     def attend(self, q, k, v, kind: str):
-        seg = self.segments(kind)
-        return getattr(self, f"_attend_{self.backend}")(q, k, v, seg)  # (1, N, heads, d)
+        if self.backend == "sdpa":
+            return self._attend_sdpa(q, k, v, kind)
+        return getattr(self, f"_attend_{self.backend}")(q, k, v, self.segments(kind))  # (1, N, heads, d)
 
-    def _attend_sdpa(self, q, k, v, seg: _Segments):
-        if len(seg.groups) == 1 and seg.group_identity:  # one shape: a plain reshape, no gather
-            n = seg.lengths[0]
+    # grouped SDPA: each clip's tokens are a contiguous chunk; a chunk becomes (segments, L) with a
+    # reshape (spatial, full) or a transpose (temporal), chunks with equal L are concatenated and run
+    # through one unmasked SDPA. Only views, cat and split: their backward is cheap, unlike the
+    # scatter-add of an index gather.
+    _TO = {
+        "full": "(o n) h d -> o n h d",
+        "spatial": "(t s) h d -> t s h d",
+        "temporal": "(t s) h d -> s t h d",
+    }
+    _FROM = {
+        "full": "o n h d -> (o n) h d",
+        "spatial": "t s h d -> (t s) h d",
+        "temporal": "s t h d -> (t s) h d",
+    }
+
+    def sdpa_groups(self, kind: str) -> list[tuple[int, list[int]]]:
+        """[(segment length L, [clip indices])] for one attention kind (built once per batch)."""
+        if kind not in self._groups:
+            if kind not in ATTN_KINDS:
+                raise ValueError(f"attention kind {kind!r} is unknown; choose one of {ATTN_KINDS}")
+            by_len: dict[int, list[int]] = {}
+            for i, (t, h, w) in enumerate(self.grids):
+                length = {"full": t * h * w, "spatial": h * w, "temporal": t}[kind]
+                by_len.setdefault(length, []).append(i)
+            self._groups[kind] = list(by_len.items())
+        return self._groups[kind]
+
+    def _axes(self, kind: str, i: int) -> dict:
+        return {"o": 1} if kind == "full" else {"t": self.grids[i][0]}
+
+    def _attend_sdpa(self, q, k, v, kind: str):
+        groups = self.sdpa_groups(kind)
+        if len(groups) == 1 and kind != "temporal":  # every segment has one length: a plain reshape
+            n = groups[0][0]
             q, k, v = (z.reshape(-1, n, *z.shape[2:]) for z in (q, k, v))  # (segments, L, heads, d)
-            return _sdpa(q, k, v).reshape(1, -1, *q.shape[2:])
-        outs = []
-        for pos in seg.groups:
-            tok = seg.order[pos]  # (n_seg, L) token ids
-            outs.append(_sdpa(q[0, tok], k[0, tok], v[0, tok]).flatten(0, 1))  # (n_seg*L, heads, d)
-        return torch.cat(outs)[seg.group_inverse][None]  # (1, N, heads, d)
+            return _sdpa(q, k, v).reshape(1, -1, *q.shape[2:])  # (1, N, heads, d)
+        chunks = [z[0].split(self.sizes) for z in (q, k, v)]  # 3 x B chunks of (N_i, heads, d)
+        outs = [None] * len(self.grids)
+        for _, members in groups:
+            segs = [
+                torch.cat([rearrange(c[i], self._TO[kind], **self._axes(kind, i)) for i in members])
+                for c in chunks
+            ]  # 3 x (segments, L, heads, d)
+            out = _sdpa(*segs)
+            counts = [
+                {"full": 1, "spatial": self.grids[i][0], "temporal": self.sizes[i] // self.grids[i][0]}[kind]
+                for i in members
+            ]
+            for i, part in zip(members, out.split(counts)):
+                outs[i] = rearrange(part, self._FROM[kind])  # (N_i, heads, d)
+        return torch.cat(outs)[None]  # (1, N, heads, d)
 
     def _attend_sdpa_dense(self, q, k, v, seg: _Segments):
         if seg._dense is None:

@@ -29,7 +29,7 @@ POS_EMBEDS = ("rope", "sincos")
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift with one temporary less
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ class SelfAttention(nn.Module):
     def forward(self, x, layout, kind: str, rope):
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b n h d", three=3, h=self.num_heads)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, N, heads, d)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, N, heads, d)
         out = layout.attend(q, k, v, kind)  # (B, N, heads, d)
         return self.proj(rearrange(out, "b n h d -> b n (h d)"))  # (B, N, D)
 
@@ -148,13 +148,12 @@ class DiTBlock(nn.Module):
         )  # (B|1, 1|N, D)
         for i, kind in enumerate(self.kinds):
             shift, scale, gate = mods[3 * i : 3 * i + 3]
-            x = x + gate * self.attns[i](
-                modulate(self.norms[i](x), shift, scale), layout, kind, rope
-            )  # (B, N, D)
+            branch = self.attns[i](modulate(self.norms[i](x), shift, scale), layout, kind, rope)  # (B, N, D)
+            x = torch.addcmul(x, gate, branch)  # x + gate * branch
         if self.cross is not None and text is not None:
             x = x + self.cross(self.cross_norm(x), text, text_mask, layout)  # (B, N, D)
         shift, scale, gate = mods[-3:]
-        return x + gate * self.mlp(modulate(self.mlp_norm(x), shift, scale))  # (B, N, D)
+        return torch.addcmul(x, gate, self.mlp(modulate(self.mlp_norm(x), shift, scale)))  # (B, N, D)
 
 
 class FinalLayer(nn.Module):
@@ -326,7 +325,7 @@ class VideoDiT(nn.Module):
         return c
 
     def _positions(self, layout, dtype):
-        """Returns (additive position embedding (N, D) or None, rope (cos, sin) or None)."""
+        """Returns (additive position embedding (N, D) or None, rope rotations (N, head_dim/2) or None)."""
         if self.pos_embed == "rope":
             return None, rope_3d(layout.coords, self.hidden_size // self.num_heads, self.rope_base)
         return sincos_3d(layout.coords, self.hidden_size).to(dtype), None
