@@ -115,6 +115,7 @@ def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
     trainer.fit(model, datamodule=Clips())
     # evaluated at steps 2 and 4; the end-of-training pass is skipped (step 4 already done)
     assert [h["step"] for h in cb.history] == [2, 4]
+    assert cb._real_stats.count == 6  # first num_real clips of the val loader, computed once
     # generation saw the EMA weights, not the raw ones; raw weights restored afterwards
     assert [w for _, w in model.seen] == pytest.approx(shadow_at_generate)
     assert float(model.w) != pytest.approx(shadow_at_generate[-1])
@@ -157,6 +158,10 @@ def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
     stats = GaussianStats(400).update(x[rank::world]).all_gather()
     if rank == 0:
         np.savez(out, mean=stats.mean, scatter=stats.scatter, count=stats.count)
+    # broadcast: every rank ends with rank 0's statistics (the val-loader real set)
+    mine = GaussianStats(400).update(x[:10]) if rank == 0 else GaussianStats(400)
+    got = mine.broadcast(0)
+    np.savez(out.replace(".npz", f"_bcast{rank}.npz"), mean=got.mean, count=got.count)
     torch.distributed.destroy_process_group()
 
 
@@ -170,11 +175,14 @@ def test_all_gather_merges_ranks_exactly(tmp_path):
     assert int(got["count"]) == 50
     np.testing.assert_allclose(got["mean"], whole.mean, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got["scatter"], whole.scatter, rtol=1e-10, atol=1e-10)
+    for rank in range(2):
+        b = np.load(out.replace(".npz", f"_bcast{rank}.npz"))
+        assert int(b["count"]) == 10
+        np.testing.assert_array_equal(b["mean"], x[:10].mean(axis=0))
 
 
-@pytest.mark.slow
-def test_debug_sized_video_diffusion_logs_fvd_with_random_i3d(tmp_path):
-    """The real wiring: VideoDiffusion (debug sizes) + EMA + random-init I3D TorchScript stand-in."""
+def test_video_diffusion_generates_for_the_callback(tmp_path):
+    """The real module's `generate` (debug sizes, EMA, labels) feeds the callback; stand-in detector."""
     from datamodules.synthetic import SyntheticVideoDataModule
     from lightning_modules.video_diffusion import VideoDiffusion
 
@@ -183,7 +191,6 @@ def test_debug_sized_video_diffusion_logs_fvd_with_random_i3d(tmp_path):
         dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
         num_classes=4,
         sample_steps=2,
-        lr=1e-3,
     )
     dm = SyntheticVideoDataModule(
         num_samples=8, num_frames=10, height=32, width=32, batch_size=2, num_classes=4, patch_size=(1, 4, 4)
@@ -193,19 +200,18 @@ def test_debug_sized_video_diffusion_logs_fvd_with_random_i3d(tmp_path):
         height=32,
         width=32,
         every_n_steps=0,
-        protocol="fvd2048_16f",
-        num_real=2,
-        num_fake=2,
+        num_real=4,
+        num_fake=3,
         num_frames=9,
         batch_size=2,
         steps=2,
         labels=[0, 1],
-        allow_random_detector=True,
+        detector=tiny_detector(),
     )
     trainer = L.Trainer(
-        max_steps=2,
+        max_steps=1,
         accelerator="cpu",
-        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        logger=False,
         callbacks=[EMA(decay=0.9), cb],
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -213,7 +219,71 @@ def test_debug_sized_video_diffusion_logs_fvd_with_random_i3d(tmp_path):
         limit_val_batches=0,
     )
     trainer.fit(model, datamodule=dm)
+    assert len(cb.history) == 1 and np.isfinite(cb.history[0]["val/fvd_uncalibrated"])
+    first = cb.history[0]["val/fvd_uncalibrated"]
+    assert cb.evaluate(trainer, model)["val/fvd_uncalibrated"] == pytest.approx(
+        first, rel=1e-9
+    )  # seeded samples
+
+
+def test_debug_config_logs_fvd_with_random_i3d(tmp_path):
+    """`fit --config configs/train/debug.yaml` + an FVD callback with the random-init I3D stand-in."""
+    import yaml
+
+    from lightning_modules.__main__ import cli_main
+
+    extra = tmp_path / "fvd.yaml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": 2,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(tmp_path)},
+                    },
+                    "callbacks": [
+                        {"class_path": "lightning_modules.callbacks.EMA", "init_args": {"decay": 0.99}},
+                        {
+                            "class_path": "lightning_modules.callbacks.fvd.FVDCallback",
+                            "init_args": {
+                                "height": 32,
+                                "width": 32,
+                                "every_n_steps": 0,
+                                "num_real": 2,
+                                "num_fake": 2,
+                                "num_frames": 9,
+                                "batch_size": 2,
+                                "steps": 2,
+                                "labels": [0, 1],
+                                "allow_random_detector": True,
+                            },
+                        },
+                    ],
+                },
+                "data": {"init_args": {"num_frames": 10, "num_val_samples": 4}},
+            }
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(root / "configs/train/debug.yaml"),
+            "--config",
+            str(extra),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, FVDCallback))
     assert len(cb.history) == 1 and cb.history[0]["step"] == 2
-    value = float(trainer.callback_metrics["val/fvd_uncalibrated"])
+    value = float(cli.trainer.callback_metrics["val/fvd_uncalibrated"])
     assert np.isfinite(value) and value > 0
     assert cb.detector.calibrated is False and len(cb.detector.sha256) == 64
+    rows = list(csv.DictReader(open(next(Path(tmp_path).rglob("metrics.csv")))))
+    assert [float(r["val/fvd_uncalibrated"]) for r in rows if r.get("val/fvd_uncalibrated")] == pytest.approx(
+        [value]
+    )

@@ -29,6 +29,7 @@ from lightning_modules.metrics.fvd import (
     fvd_from_stats,
     real_statistics,
 )
+from lightning_modules.metrics.i3d import NUM_CLASSES
 from lightning_modules.metrics.protocols import get_protocol, to_uint8
 
 
@@ -143,9 +144,13 @@ class FVDCallback(Callback):
             )
 
     def _real_from_loader(self, trainer: L.Trainer) -> GaussianStats:
-        """First `num_real` clips (split over ranks) of the val loader, as uint8, first frames of each."""
-        _, world = dist_info()
-        want = -(-self.protocol.num_real // world)
+        """First `num_real` clips of the val loader, as uint8, first frames of each.
+
+        Rank 0 computes them and broadcasts: whether a datamodule's val loader is split by rank
+        differs between datamodules, and every rank must compare against the same real set.
+        """
+        rank, _ = dist_info()
+        want = self.protocol.num_real
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
         if loader is None:
             raise ValueError("FVDCallback(real='val_dataloader') needs a datamodule with a val_dataloader")
@@ -168,9 +173,12 @@ class FVDCallback(Callback):
                 if taken >= want:
                     return
 
-        return accumulate(
+        if rank != 0:
+            return GaussianStats(NUM_CLASSES).broadcast(0)
+        stats = accumulate(
             self.detector, clips(), total=want, desc="real clips (val loader)", extra=self._frame_real
-        ).all_gather()
+        )
+        return stats.broadcast(0)
 
     def _frame_real(self, batch: torch.Tensor) -> None:
         if self._frame_metrics is not None and self._frame_metrics.fid is not None:

@@ -95,6 +95,19 @@ class GaussianStats:
             )
         return merged
 
+    def broadcast(self, src: int = 0) -> GaussianStats:
+        """Every rank gets rank `src`'s statistics (a no-op without torch.distributed)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        flat = torch.from_numpy(np.concatenate([[float(self.count)], self.mean, self.scatter.ravel()]))
+        flat = flat.to(device) if device is not None else flat
+        torch.distributed.broadcast(flat, src=src)
+        part = flat.cpu().numpy()
+        return GaussianStats(
+            self.dim, int(part[0]), part[1 : 1 + self.dim], part[1 + self.dim :].reshape(self.dim, self.dim)
+        )
+
     def state(self) -> dict:
         return {"dim": self.dim, "count": self.count, "mean": self.mean, "scatter": self.scatter}
 

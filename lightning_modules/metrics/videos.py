@@ -93,6 +93,8 @@ def count_frames(path: str) -> int:
 # ---------------------------------------------------------------- sources
 def shard_files(spec: str, split: str = "val") -> list[str]:
     """Tar files of a shard spec: a .tar, a glob, a brace pattern, or a folder (its `{split}-*.tar`)."""
+    if os.path.isdir(spec) and os.path.isdir(os.path.join(spec, "shards")):
+        spec = os.path.join(spec, "shards")  # a curation OUT folder
     if os.path.isdir(spec):
         files = sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) or sorted(
             glob.glob(os.path.join(spec, "*.tar"))
