@@ -134,6 +134,7 @@ class Analysis:
     flow_mag: np.ndarray  # (M,) float32 mean Farneback flow magnitude, frame diagonals per second
     shift_mag: np.ndarray  # (M,) float32 global shift (phase correlation), frame diagonals per second
     kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
+    frame_pts: list = field(default_factory=list)  # raw pts of every frame index (None if absent)
     corrupt_packets: int = 0
     detector_size: tuple[int, int] = (0, 0)
 
@@ -166,13 +167,14 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     keep_every = fps / cfg.keep_fps if cfg.keep_fps > 0 else 0
     next_keep = 0.0
     stats = DecodeStats()
-    diffs, luma, flow_index, flow_mag, shift_mag, kept = [], [], [], [], [], {}
+    diffs, luma, flow_index, flow_mag, shift_mag, kept, frame_pts = [], [], [], [], [], {}, []
     cuts, pts_to_index = [], {}
     prev_gray = None
     det_wh = small_wh = None
     last_tc = None
     scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
+        frame_pts.append(d.frame.pts)
         if det_wh is None:
             w, h = d.frame.width, d.frame.height
             det_wh = detector_size(w, h, cfg.min_width)
@@ -232,6 +234,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         flow_mag=np.asarray(flow_mag, np.float32),
         shift_mag=np.asarray(shift_mag, np.float32),
         kept=kept,
+        frame_pts=frame_pts,
         corrupt_packets=stats.corrupt_packets,
         detector_size=det_wh or (0, 0),
     )

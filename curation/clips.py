@@ -126,8 +126,11 @@ def extract(
     rotation: int,
     cfg: ExtractConfig,
     threads: int = 1,
+    frame_pts: list | None = None,
 ) -> list[ClipOut]:
-    """Write every clip of one source in a single sequential decode; verify each clip's frames."""
+    """Write every clip of one source in one forward decode (seeking over long gaps between
+    clips when `frame_pts`, the analysis pass's pts of every frame index, allows); verify each
+    clip's frames."""
     if not specs:
         return []
     rate = output_rate(source_rate, cfg)
@@ -141,28 +144,27 @@ def extract(
             if r:
                 plan.setdefault(spec.start + k, []).append((spec, int(r)))
     expected = {s.key: len(resample(s.end - s.start, source_rate, rate)) for s in specs}
-    last = max(final.values()) + 1
     writers: dict[str, _Writer] = {}
     results: dict[str, ClipOut] = {}
     try:
-        for d in iter_frames(path, threads=threads):
-            if d.index >= last:
-                break
-            jobs = plan.get(d.index)
-            if not jobs:
-                continue
-            fw, fh = (
-                (d.frame.height, d.frame.width) if rotation in (90, 270) else (d.frame.width, d.frame.height)
-            )
-            for spec, reps in jobs:
-                w = writers.get(spec.key)
-                if w is None:
-                    w = writers[spec.key] = _Writer(spec, rate, output_size(fw, fh, cfg), cfg)
-                w.write(d.frame, reps, rotation)
-                if d.index == final[spec.key]:
-                    w.close()
-                    del writers[spec.key]
-                    results[spec.key] = _verify(spec, w, expected[spec.key])
+        gap = max(1, round(cfg.seek_gap_seconds * float(source_rate))) if _seekable(frame_pts) else 1 << 62
+        for first, last in _segments(specs, final, gap):
+            for index, frame in _decode_from(path, first, frame_pts, threads):
+                if index > last:
+                    break
+                jobs = plan.get(index)
+                if not jobs:
+                    continue
+                fw, fh = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+                for spec, reps in jobs:
+                    w = writers.get(spec.key)
+                    if w is None:
+                        w = writers[spec.key] = _Writer(spec, rate, output_size(fw, fh, cfg), cfg)
+                    w.write(frame, reps, rotation)
+                    if index == final[spec.key]:
+                        w.close()
+                        del writers[spec.key]
+                        results[spec.key] = _verify(spec, w, expected[spec.key])
     finally:
         for w in writers.values():  # clips the decode never finished (source shorter than probed)
             w.container.close()
@@ -182,6 +184,49 @@ def extract(
             )
         )
     return out
+
+
+def _segments(specs: list[ClipSpec], final: dict, gap: int) -> list[tuple[int, int]]:
+    """[first, last] source-frame ranges to decode: clips closer than `gap` frames share one."""
+    out: list[list[int]] = []
+    for spec in sorted(specs, key=lambda s: s.start):
+        if out and spec.start - out[-1][1] <= gap:
+            out[-1][1] = max(out[-1][1], final[spec.key])
+        else:
+            out.append([spec.start, final[spec.key]])
+    return [(a, b) for a, b in out]
+
+
+def _seekable(frame_pts: list | None) -> bool:
+    """Frames can be named by pts: all known and distinct."""
+    return bool(frame_pts) and None not in frame_pts and len(set(frame_pts)) == len(frame_pts)
+
+
+def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):
+    """(index, frame) from frame `first` on. With the analysis pass's pts per index (unique, known)
+    we seek to the keyframe before `first` and name frames by pts; otherwise decode from the start
+    and count, exactly as the analysis pass did."""
+    if not _seekable(frame_pts) or first == 0:
+        for d in iter_frames(path, threads=threads):
+            if d.index >= first:
+                yield d.index, d.frame
+        return
+    index_of = {p: i for i, p in enumerate(frame_pts)}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = max(0, threads)
+        container.seek(frame_pts[first], stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue  # the analysis pass skipped the same corrupt packet
+            for frame in frames:
+                i = index_of.get(frame.pts)
+                if i is not None and i >= first:
+                    yield i, frame
 
 
 def _verify(spec: ClipSpec, w: _Writer, expected: int) -> ClipOut:

@@ -102,6 +102,9 @@ class ExtractConfig:
     max_short_side: int = _f(0, "downscale clips whose short side exceeds this (0 = keep size)")
     fps: float = _f(0.0, "resample clips to this constant frame rate (0 = keep the source rate)")
     threads: int = _f(1, "encoder threads per clip")
+    seek_gap_seconds: float = _f(
+        2.0, "seek (instead of decoding through) gaps between kept clips longer than this"
+    )
     x264_params: str = _f(
         "mbtree=0",
         "extra x264/x265 params (':'-separated); x264's macroblock-tree rate control gave byte-different "

@@ -267,6 +267,7 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             rotation=info.rotation,
             cfg=cfg.extract,
             threads=cfg.analysis.threads,
+            frame_pts=a.frame_pts,
         )
     }
     for row in rows:
