@@ -37,7 +37,7 @@ from lightning_modules.metrics.fvd import (
 )
 from lightning_modules.metrics.protocols import PROTOCOLS, get_protocol
 
-METRICS = ("fvd", "fid", "is")
+METRICS = ("fvd", "fid", "is", "isv")  # is: per-frame Inception Score; isv: video IS (C3D, UCF-101)
 UNCALIBRATED = "uncalibrated"
 
 
@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fake", required=True, help="folder of generated videos / frame folders, or a .ckpt to sample from"
     )
-    p.add_argument("--metrics", default="fvd", help=f"comma-separated subset of {','.join(METRICS)}")
+    p.add_argument(
+        "--metrics",
+        default="fvd",
+        help=f"comma-separated subset of {','.join(METRICS)} (is: per-frame IS; isv: video IS with C3D)",
+    )
     p.add_argument("--protocol", default="fvd2048_16f", help=f"preset: {', '.join(PROTOCOLS)}")
     p.add_argument("--out", default="eval_report.json", help="JSON report path")
     g = p.add_argument_group("custom protocol (override fields of the preset; the name becomes custom(...))")
@@ -147,7 +151,7 @@ def evaluate(args) -> dict:
             antialias=bool(args.fid_antialias),
             device=args.device,
         )
-    if "is" in metrics:
+    if "isv" in metrics:
         from lightning_modules.metrics.fid_is import VideoIS
 
         video_is = VideoIS(

@@ -87,10 +87,10 @@ def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> No
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    write_heldout_shards(root / "shards", [12, 5, 14, 11])  # the 5-frame clip is too short: discarded
+    write_heldout_shards(root / "shards", [18, 5, 20, 17])  # the 5-frame clip is too short: discarded
     (root / "fake").mkdir()
     for i in range(3):
-        (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(10, 32, 10 + i)))
+        (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(16, 32, 10 + i)))
     return root
 
 
@@ -231,9 +231,9 @@ def test_real_statistics_cache_is_reused_and_mismatch_is_an_error(data, tmp_path
 
 
 def test_fake_folder_shorter_than_protocol_is_rejected(data):
-    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=16)
+    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=17)
     with pytest.raises(
-        ValueError, match=r"fake clip 'sample_00.mp4' has 10 frames but the protocol needs 16"
+        ValueError, match=r"fake clip 'sample_00.mp4' has 16 frames but the protocol needs 17"
     ):
         fake_statistics_from_folder(str(data / "fake"), protocol, tiny_detector(protocol), progress=False)
 
@@ -316,3 +316,36 @@ def test_fake_from_a_checkpoint_is_sampled_with_ema(data, tmp_path, monkeypatch)
     assert report["fake"]["kind"] == "generator" and report["fake"]["ema"] is True
     assert report["counts"]["fake"] == 2 and report["protocol"]["cov_divisor"] == "N-1"
     assert any("rank-deficient" in n for n in report["notes"])
+
+
+@pytest.mark.slow
+def test_fid_is_and_video_is_in_the_report(data, tmp_path):
+    out = tmp_path / "report.json"
+    argv = [
+        "--real",
+        str(data / "shards"),
+        "--fake",
+        str(data / "fake"),
+        "--metrics",
+        "fvd,fid,is,isv",
+        "--num-real",
+        "2",
+        "--num-fake",
+        "2",
+        "--num-frames",
+        "16",
+        "--fid-antialias",
+        "0",
+        "--allow-random-detector",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert evaluate.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert {"fvd", "fid", "is_frame_mean", "is_frame_std", "is_video_mean", "is_video_std"} <= set(
+        report["metrics"]
+    )
+    assert report["detectors"]["frame"]["antialias"] is False
+    assert report["detectors"]["frame"]["frames"] == {"real": 32, "fake": 32}
+    assert report["detectors"]["video_is"]["videos"] == 2 and report["calibrated"] is False
