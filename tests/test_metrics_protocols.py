@@ -135,3 +135,15 @@ def test_real_clip_selection_is_seeded_and_recorded():
     rand3, _ = select_clips(sources(lengths), count=5, num_frames=10, selection="random", seed=8)
     assert [c.key for c in rand3] != [c.key for c in rand1]
     assert all(0 <= c.start <= lengths[c.key] - 10 for c in rand1)
+
+
+def test_clip_batches_keep_order_and_split_at_size_changes():
+    from lightning_modules.metrics.videos import Clip, iter_clip_batches
+
+    def source(key, value, size):
+        return VideoSource(key, 20, lambda idx: np.full((len(idx), size, size, 3), value, np.uint8))
+
+    clips = [Clip(f"k{i}", 0, list(range(9)), source(f"k{i}", i, 8 if i < 5 else 4)) for i in range(7)]
+    batches = list(iter_clip_batches(clips, batch_size=2, workers=3))
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 9, 8, 8), (2, 3, 9, 8, 8), (1, 3, 9, 8, 8), (2, 3, 9, 4, 4)]
+    assert [int(v) for b in batches for v in b[:, 0, 0, 0, 0]] == list(range(7))  # clip order kept

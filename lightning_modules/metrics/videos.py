@@ -15,11 +15,14 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import itertools
 import json
 import os
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,15 +271,27 @@ def select_clips(
     return clips, info
 
 
-def iter_clip_batches(clips: list[Clip], batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, T, H, W) batches; a batch ends early where the frame size changes."""
+def iter_clip_batches(clips: list[Clip], batch_size: int, *, workers: int = 4) -> Iterator[torch.Tensor]:
+    """uint8 (B, 3, T, H, W) batches in clip order; a batch ends early where the frame size changes.
+
+    Clips are decoded by `workers` threads (decord and PyAV release the GIL) with a bounded
+    look-ahead of two batches, so memory stays flat however many clips there are.
+    """
     batch: list[np.ndarray] = []
-    for clip in clips:
-        frames = clip.source.load(clip.indices)  # (T, H, W, 3)
-        if batch and (frames.shape != batch[0].shape or len(batch) == batch_size):
-            yield _to_bcthw(batch)
-            batch = []
-        batch.append(frames)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        todo = iter(clips)
+        for clip in itertools.islice(todo, 2 * batch_size):
+            pending.append(pool.submit(clip.source.load, clip.indices))
+        while pending:
+            frames = pending.popleft().result()  # (T, H, W, 3)
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(nxt.source.load, nxt.indices))
+            if batch and (frames.shape != batch[0].shape or len(batch) == batch_size):
+                yield _to_bcthw(batch)
+                batch = []
+            batch.append(frames)
     if batch:
         yield _to_bcthw(batch)
 
