@@ -77,7 +77,7 @@ class GaussianStats:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return self
         world = torch.distributed.get_world_size()
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        device = _collective_device()
         flat = torch.from_numpy(np.concatenate([[float(self.count)], self.mean, self.scatter.ravel()]))
         flat = flat.to(device) if device is not None else flat
         gathered = [torch.empty_like(flat) for _ in range(world)]
@@ -99,7 +99,7 @@ class GaussianStats:
         """Every rank gets rank `src`'s statistics (a no-op without torch.distributed)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return self
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        device = _collective_device()
         flat = torch.from_numpy(np.concatenate([[float(self.count)], self.mean, self.scatter.ravel()]))
         flat = flat.to(device) if device is not None else flat
         torch.distributed.broadcast(flat, src=src)
@@ -119,6 +119,13 @@ class GaussianStats:
             np.asarray(state["mean"], np.float64),
             np.asarray(state["scatter"], np.float64),
         )
+
+
+def _collective_device() -> torch.device | None:
+    """NCCL collectives need CUDA tensors; gloo (CPU) takes host tensors."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
 
 
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray, method: str = "scipy") -> float:
