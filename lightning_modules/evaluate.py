@@ -250,7 +250,8 @@ def evaluate(args) -> dict:
             "python": platform.python_version(),
             "device": str(args.device),
         },
-        "command": " ".join(sys.argv),
+        "command": "python -m lightning_modules.evaluate "
+        + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
     }
     return report
 
@@ -266,6 +267,7 @@ def format_summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         report = evaluate(args)
     except DetectorWeightsError as err:

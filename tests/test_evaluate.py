@@ -132,6 +132,7 @@ def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys,
     assert "resize=True" in report["resize"]
     assert len(report["detector_sha256"]) == 64 and report["detectors"]["fvd"]["calibrated"] is False
     assert report["real"]["kind"] == "shards" and report["real"]["discarded_short"] == 1
+    assert report["command"].startswith("python -m lightning_modules.evaluate --real ")
     assert report["real"]["available"] == 4 and report["real"]["first_keys"] == [
         "src000_s0000_c00",
         "src002_s0000_c00",
