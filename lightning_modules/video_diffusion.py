@@ -36,7 +36,7 @@ DEFAULT_SAMPLER = {"diffusion": "ddim", "flow": "euler"}
 FROZEN_PREFIXES = ("codec.", "text_encoder.")  # not stored in checkpoints; rebuilt from their spec
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiTConfig:
     """Shape of the `VideoDiT`: a preset from `DIT_PRESETS` plus overrides. `None` keeps the preset's
     value, or `VideoDiT`'s own default. in_channels, num_classes, text_dim, pooled_text_dim and
@@ -105,7 +105,7 @@ class VideoDiffusion(L.LightningModule):
     def __init__(
         self,
         *,
-        dit: DiTConfig | dict | None = None,
+        dit: DiTConfig = DiTConfig(),
         objective: Literal["diffusion", "flow"] = "diffusion",
         diffusion: dict[str, Any] | None = None,
         flow: dict[str, Any] | None = None,
@@ -129,7 +129,7 @@ class VideoDiffusion(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["codec", "text_encoder"])
-        dit = DiTConfig(**dit) if isinstance(dit, dict) else (dit or DiTConfig())
+        dit = DiTConfig(**dit) if isinstance(dit, dict) else dit  # dicts come from checkpoints
         self.codec = _as_module(codec, LatentCodec) or IdentityCodec()
         self.text_encoder = _as_module(text_encoder, OpenCLIPTextEncoder)
         # checkpoints keep plain data only: the frozen parts are rebuilt from their spec

@@ -113,8 +113,14 @@ class SampleVideos(Callback):
             self._last_step = trainer.global_step
             self.sample(trainer, pl_module)
 
-    @rank_zero_only
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
+        """One sampling round; every rank must call it (the log dir is agreed on collectively),
+        rank 0 generates and writes."""
+        root = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
+        return self._sample(trainer, pl_module, root)
+
+    @rank_zero_only
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, root: Path) -> list[Path]:
         from lightning_modules.sample import task_mask
 
         ref = self._reference
@@ -145,7 +151,6 @@ class SampleVideos(Callback):
                 steps=self.steps,
                 cfg_scale=self.cfg_scale,
             )  # (n, 3, T, H, W)
-        root = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
         step_dir = root / f"step_{trainer.global_step:07d}"
         paths = [
             write_mp4(step_dir / f"{self.task}_{i:02d}{'_ema' if ema else ''}.mp4", v, fps=self.fps)
