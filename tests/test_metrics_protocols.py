@@ -145,5 +145,10 @@ def test_clip_batches_keep_order_and_split_at_size_changes():
 
     clips = [Clip(f"k{i}", 0, list(range(9)), source(f"k{i}", i, 8 if i < 5 else 4)) for i in range(7)]
     batches = list(iter_clip_batches(clips, batch_size=2, workers=3))
-    assert [tuple(b.shape) for b in batches] == [(2, 3, 9, 8, 8), (2, 3, 9, 8, 8), (1, 3, 9, 8, 8), (2, 3, 9, 4, 4)]
+    assert [tuple(b.shape) for b in batches] == [
+        (2, 3, 9, 8, 8),
+        (2, 3, 9, 8, 8),
+        (1, 3, 9, 8, 8),
+        (2, 3, 9, 4, 4),
+    ]
     assert [int(v) for b in batches for v in b[:, 0, 0, 0, 0]] == list(range(7))  # clip order kept
