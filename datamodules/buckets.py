@@ -10,7 +10,8 @@ Config (YAML under the datamodule's ``buckets``)::
 
 A *resolution* R names an area of R*R pixels; its bucket for aspect ratio a has
 H = R*sqrt(a), W = R/sqrt(a), rounded to the model's patch multiple. Batch size 0 means "from
-the token budget": ``tokens_per_batch // tokens(T, H, W)`` (at least 1).
+the token budget": ``tokens_per_batch // tokens(T, H, W)`` (a bucket larger than the budget is
+an error).
 
 Assignment of one clip (native h x w, n frames at its fps):
 1. resolutions from large to small; at each, the aspect ratio nearest to h/w (in log space);
@@ -97,7 +98,12 @@ class Buckets:
                                 f"bucket {res}/{t} has batch size 0 but no tokens_per_batch is set: "
                                 "give a batch size or tokens_per_batch"
                             )
-                        bs = max(1, tokens_per_batch // grid.tokens(t, h, w))
+                        bs = tokens_per_batch // grid.tokens(t, h, w)
+                        if bs < 1:
+                            raise ValueError(
+                                f"bucket {res}/{t} ({t}x{h}x{w}) has {grid.tokens(t, h, w)} tokens, more than "
+                                f"tokens_per_batch={tokens_per_batch}: raise the budget or drop that bucket"
+                            )
                     row.append(Bucket(res, t, h, w, float(keep), int(bs)))
                 per_ratio[a] = row
             self.table[res] = per_ratio

@@ -1,4 +1,4 @@
-"""Resize-to-cover, crop, flip and scale to [-1, 1].
+"""Resize-to-cover, crop and flip (scaling to [-1, 1] is done by collate.py).
 
 A clip of native size (h, w) is resized, aspect kept, to the smallest size that covers the target
 (H, W) (the decoder does this resize), then cropped: at random in training, centred otherwise.
@@ -35,12 +35,15 @@ def crop_offsets(rh: int, rw: int, th: int, tw: int, rng: np.random.Generator | 
 def to_tensor(
     frames: np.ndarray, *, top: int, left: int, height: int, width: int, flip: bool
 ) -> torch.Tensor:
-    """uint8 (T, H', W', 3) -> float (3, T, height, width) in [-1, 1], cropped at (top, left)."""
+    """uint8 (T, H', W', 3) -> uint8 (3, T, height, width) cropped at (top, left).
+
+    Scaling to [-1, 1] happens in `collate` (one pass, written straight into the batch)."""
     crop = frames[:, top : top + height, left : left + width]
     if crop.shape[1:3] != (height, width):
         raise ValueError(
             f"crop {crop.shape[1:3]} != target {(height, width)}: frames are smaller than the crop"
         )
-    video = torch.from_numpy(np.ascontiguousarray(crop))  # (T, H, W, 3) uint8
-    video = rearrange(video, "t h w c -> c t h w").float().div_(127.5).sub_(1.0)  # (3, T, H, W)
-    return video.flip(-1) if flip else video
+    video = rearrange(torch.from_numpy(crop), "t h w c -> c t h w")  # (3, T, H, W) uint8 view
+    if flip:
+        video = video.flip(-1)
+    return video  # (3, T, H, W) uint8, a strided view: collate gathers and scales it in one pass

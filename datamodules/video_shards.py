@@ -206,7 +206,7 @@ class ShardDataset(IterableDataset):
             top, left, hh, ww = meta["crop"]
             video = to_tensor(
                 frames, top=top, left=left, height=hh, width=ww, flip=meta["flip"]
-            )  # (3, T, H, W)
+            )  # (3, T, H, W) uint8; collate scales it to [-1, 1]
             sample = {k: plan[k] for k in ("caption", "label", "fps", "meta", "bucket", "tokens")}
             sample["video"] = video
             if "latent_bytes" in plan:
@@ -583,6 +583,8 @@ class VideoShardsDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"height x width {height}x{width} must be multiples of {mh}x{mw} (patch x latent_downsample)"
                 )
+        if batching == "bucket":
+            make_buckets(self.opts, self.grid)  # a bad bucket table fails here, not in a worker
         self._counters: dict[str, torch.Tensor] = {}
         self._reported: dict[str, int] = {}
         self.batches_per_rank: int | None = None

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from datamodules.buckets import Buckets, key_rng
 from datamodules.packing import TokenGrid
@@ -142,6 +143,9 @@ def test_two_ranks_disjoint_samples_equal_batch_counts(corpus, batching):
         batches = list(dm.train_dataloader())
         per_rank.append(batches)
         assert len(batches) == dm.batches_per_rank
+        for b in batches:  # float in [-1, 1] also when it crossed from a worker process
+            for v in b["videos"] if "videos" in b else [b["video"]]:
+                assert v.dtype == torch.float32 and -1 <= v.min() and v.max() <= 1
     assert len(per_rank[0]) == len(per_rank[1]) > 0
     keys = [{m["key"] for b in batches for m in b["meta"]} for batches in per_rank]
     assert keys[0] and keys[1] and not keys[0] & keys[1]

@@ -69,3 +69,19 @@ def test_synthetic_packed_fit(tmp_path):
     model = Recorder()
     _trainer(tmp_path).fit(model, datamodule=dm)
     assert len(model.seen["train"]) == 2 * dm.num_batches("train") and model.seen["val"]
+
+
+def test_data_configs_instantiate_like_the_cli():
+    from pathlib import Path
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(parser_mode="omegaconf")
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_subclass_arguments(L.LightningDataModule, "data")
+    configs = sorted(Path(__file__).parents[1].joinpath("configs", "data").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = parser.parse_args(["--config", str(path)])
+        dm = parser.instantiate_classes(cfg).data
+        assert isinstance(dm, SyntheticVideoDataModule | VideoShardsDataModule), path

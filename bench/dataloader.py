@@ -1,0 +1,185 @@
+"""Data loading benchmark, ours vs a baseline measured in the same run.
+
+    python bench/dataloader.py [--clips 48] [--workers 2] [--out bench/results/dataloader.json]
+
+1. loader_vs_decode: clips/s through `VideoShardsDataModule` (``--workers`` loader processes:
+   tar parsing, json, frame planning, decord decode, crop, [-1, 1], collation, worker IPC) divided
+   by clips/s of bare decord decoding the same mp4 bytes (same frame count, same output size) in
+   the same number of processes. 1.0 = the loader adds nothing on top of decoding. Goal >= 0.8.
+2. Token utilisation (real tokens / tokens paid for) on one corpus of mixed aspect ratios and
+   durations under the same per-batch token budget:
+   - padding_utilization: every clip padded to the corpus' largest (T, H, W) (the baseline a
+     fixed-shape model pays when it must keep native shapes), batch size = budget // max tokens;
+   - bucketing_utilization: the bucketed datamodule (batch size per bucket from the budget):
+     tokens in the emitted batches / (batches x budget);
+   - packing_utilization: the packing datamodule's own counter (tokens in packs / (packs x budget)).
+     Goal >= 0.97.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules.decode import decode_video  # noqa: E402
+from datamodules.packing import TokenGrid  # noqa: E402
+from datamodules.synthetic import clip_meta, encode_mp4, make_video, write_shards  # noqa: E402
+from datamodules.video_shards import VideoShardsDataModule  # noqa: E402
+
+
+def rendered(seed: int, t: int, h: int, w: int) -> np.ndarray:
+    video, _ = make_video(seed, num_frames=t, height=h, width=w, label=seed % 8)  # (3, T, H, W) in [-1, 1]
+    return ((video.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def write_corpus(root: Path, shapes: list[tuple[int, int, int]], *, crf: int, prefix: str) -> list[dict]:
+    samples = []
+    for i, (t, h, w) in enumerate(shapes):
+        key = f"{prefix}{i:05d}_s0_c0"
+        samples.append({"__key__": key, "mp4": encode_mp4(rendered(i, t, h, w), 24.0, crf=crf),
+                        "json": clip_meta(key, num_frames=t, fps=24.0, height=h, width=w), "txt": f"clip {i}"})  # fmt: skip
+    write_shards(str(root / f"{prefix}-%06d.tar"), samples, maxcount=max(1, len(samples) // 8))
+    return samples
+
+
+def _decode_job(args):
+    data, idx, size = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    return decode_video(data, idx, size=size).shape[0]
+
+
+def loader_vs_decode(root: Path, *, clips: int, workers: int, repeats: int = 3) -> dict:
+    t, h, w, frames, stride = 48, 180, 320, 16, 2
+    samples = write_corpus(root, [(t, h, w)] * clips, crf=23, prefix="speed")
+    kw = dict(train_shards=str(root / "speed-*.tar"), num_frames=frames, height=160, width=160, frame_stride=stride,
+              batch_size=4, num_workers=workers, batches_per_epoch=clips // 4, shuffle_buffer=16,
+              latent_downsample=(1, 8, 8))  # fmt: skip
+    # the baseline decodes exactly what the loader decodes: same frames, same decoder-side resize
+    dm = VideoShardsDataModule(**kw)
+    metas = [m for b in dm.train_dataloader() for m in b["meta"]]
+    by_key = {s["__key__"]: s["mp4"] for s in samples}
+    cover = (160, round(320 * 160 / 180))  # cover size of 180x320 -> 160x160
+    jobs = [(by_key[m["key"]], m["frame_indices"], cover) for m in metas]
+    best_loader = best_decode = math.inf
+    ctx = mp.get_context("fork")
+    for _ in range(repeats):
+        with ctx.Pool(workers) as pool:
+            pool.map(_decode_job, jobs[:workers])  # warm the pool
+            t0 = time.perf_counter()
+            pool.map(_decode_job, jobs, chunksize=1)
+            best_decode = min(best_decode, time.perf_counter() - t0)
+        dm = VideoShardsDataModule(**kw)
+        loader = dm.train_dataloader()
+        t0 = time.perf_counter()
+        n = sum(len(b["meta"]) for b in loader)  # worker start-up counted, as a real epoch pays it
+        best_loader = min(best_loader, time.perf_counter() - t0)
+        assert n == len(jobs), (n, len(jobs))
+    loader_cps, decode_cps = len(jobs) / best_loader, len(jobs) / best_decode
+    print(f"loader: {loader_cps:.1f} clips/s   bare decord ({workers} procs): {decode_cps:.1f} clips/s   "
+          f"ratio {loader_cps / decode_cps:.3f}  ({len(jobs)} clips of {frames}x160x160 from {h}x{w})")  # fmt: skip
+    return {
+        "loader_clips_per_s": loader_cps,
+        "decode_clips_per_s": decode_cps,
+        "ratio": loader_cps / decode_cps,
+    }
+
+
+def mixed_shapes(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """Durations 4-48 frames, aspect ratios 9:16 ... 2.39:1, short sides 32-96 px (even)."""
+    rng = np.random.default_rng(seed)
+    aspects = [9 / 16, 3 / 4, 1.0, 4 / 3, 16 / 9, 2.39]
+    shapes = []
+    for _ in range(n):
+        a, short = aspects[rng.integers(len(aspects))], int(rng.integers(16, 49)) * 2
+        h, w = (short, int(short * a) // 2 * 2) if a >= 1 else (int(short / a) // 2 * 2, short)
+        shapes.append((int(rng.integers(4, 49)), h, w))
+    return shapes
+
+
+def utilisation(root: Path, *, clips: int, budget: int) -> dict:
+    shapes = mixed_shapes(clips)
+    write_corpus(root, shapes, crf=28, prefix="mixed")
+    grid = TokenGrid(patch_size=(1, 2, 2), latent_downsample=(1, 1, 1))
+    cap_t, cap = 32, budget // 8  # a clip is at most 1/8 of a batch: ~9 clips per pack on this corpus
+    native = [grid.fit(min(t, cap_t), h, w, max_tokens=cap) for t, h, w in shapes]
+    real = sum(grid.tokens(*s) for s in native)
+    # pad-to-max baseline: every clip costs the largest clip's tokens
+    tmax, hmax, wmax = (max(s[i] for s in native) for i in range(3))
+    per = grid.tokens(tmax, hmax, wmax)
+    bs = max(1, budget // per)
+    padding = real / (math.ceil(len(native) / bs) * budget)
+    common = dict(train_shards=str(root / "mixed-*.tar"), num_workers=2, latent_downsample=(1, 1, 1),
+                  shuffle_buffer=64, tokens_per_batch=budget)  # fmt: skip
+    # batch sizes from the budget (0); buckets no larger than the packing cap, so both keep similar content
+    buckets = {24: {1: (1.0, 0), 4: (1.0, 0), 8: (1.0, 0), 14: (1.0, 0)}, 32: {1: (1.0, 0), 4: (1.0, 0), 8: (1.0, 0)},
+               48: {1: (1.0, 0), 2: (1.0, 0), 3: (1.0, 0)}}  # fmt: skip
+    dm = VideoShardsDataModule(buckets=buckets, max_upscale=1.25, **common)
+    batches = list(dm.train_dataloader())
+    paid = len(batches) * budget
+    used = sum(b["video"].shape[0] * grid.tokens(*b["video"].shape[2:]) for b in batches)
+    bucketing = used / paid
+    dm = VideoShardsDataModule(batching="pack", num_frames=cap_t, max_tokens_per_sample=cap,
+                               pack_window=256, **common)  # fmt: skip
+    packed = list(dm.train_dataloader())
+    stats = dm.data_stats()
+    assert all(sum(grid.tokens(*s) for s in b["shapes"].tolist()) <= budget for b in packed)
+    print(f"utilisation on {clips} mixed clips, budget {budget} tokens/batch: pad-to-max {padding:.3f}  "
+          f"bucketing {bucketing:.3f} ({len(batches)} batches)  packing {stats['utilization']:.3f} ({len(packed)} packs)")  # fmt: skip
+    return {"padding": padding, "bucketing": bucketing, "packing": stats["utilization"]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips", type=int, default=96, help="clips for the speed test")
+    p.add_argument("--mixed", type=int, default=400, help="clips in the mixed-shape corpus")
+    p.add_argument("--budget", type=int, default=16384, help="tokens per batch")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "dataloader.json"))
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        speed = loader_vs_decode(Path(tmp), clips=a.clips, workers=a.workers)
+        util = utilisation(Path(tmp), clips=a.mixed, budget=a.budget)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001
+        commit = None
+    result = {
+        "metrics": {
+            "loader_vs_decode": {"value": speed["ratio"], "goal": 0.8, "higher_is_better": True},
+            "padding_utilization": {"value": util["padding"], "goal": None, "higher_is_better": True},
+            "bucketing_utilization": {"value": util["bucketing"], "goal": None, "higher_is_better": True},
+            "packing_utilization": {"value": util["packing"], "goal": 0.97, "higher_is_better": True},
+        },
+        "details": {
+            "loader_clips_per_s": speed["loader_clips_per_s"],
+            "decode_clips_per_s": speed["decode_clips_per_s"],
+            "workers": a.workers,
+            "mixed_clips": a.mixed,
+            "tokens_per_batch": a.budget,
+        },  # fmt: skip
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
+        "commit": commit,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["metrics"], indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
