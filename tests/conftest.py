@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-import torch
+# Before numpy/scipy load: a multi-threaded OpenBLAS on 2 busy cores made the float64 sqrtm
+# tests ~10x slower (oversubscription); one thread is fastest for their matrix sizes.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Two cores on CI: keep torch from oversubscribing them when tests spawn workers.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
