@@ -60,6 +60,24 @@ def small_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * s)), max(2, round(height * s))
 
 
+def even_size(width: int, height: int) -> tuple[int, int]:
+    return max(2, width // 2 * 2), max(2, height // 2 * 2)
+
+
+def scale_frame(
+    reformatter: VideoReformatter,
+    frame: av.VideoFrame,
+    size: tuple[int, int],
+    code: int = cv2.COLOR_YUV2BGR_I420,
+) -> np.ndarray:
+    """(h, w, 3) uint8 BGR (or RGB) of `frame` at even `size`. FFmpeg area-averages in planar
+    4:2:0, then OpenCV converts the small frame: ~3x cheaper than FFmpeg scaling straight to
+    packed BGR at 720p (measured 0.44 vs 1.44 ms per frame), and the reformatter is reused so
+    its SwsContext is built once."""
+    yuv = reformatter.reformat(frame, width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+    return cv2.cvtColor(yuv.to_ndarray(), code)  # (h * 3/2, w) -> (h, w, 3)
+
+
 @dataclass
 class Decoded:
     index: int
@@ -178,8 +196,10 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         if det_wh is None:
             w, h = d.frame.width, d.frame.height
             det_wh = detector_size(w, h, cfg.min_width)
+            if cfg.scaler != "scenedetect" and det_wh != (w, h):
+                det_wh = even_size(*det_wh)  # scale_frame's 4:2:0 path needs even sizes
             small_wh = small_size(*det_wh, cfg.flow_short_side)
-            keep_wh = small_size(w, h, cfg.keep_short_side)
+            keep_wh = even_size(*small_size(w, h, cfg.keep_short_side))
             diag = math.hypot(*small_wh)
             window = cv2.createHanningWindow(small_wh, cv2.CV_32F)
         if (d.frame.width, d.frame.height) != (w, h):  # size changed mid-stream (corrupt): scenedetect
@@ -190,9 +210,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             bgr = d.frame.to_ndarray(format="bgr24")  # (H, W, 3) exactly as scenedetect's PyAV backend
             det = bgr if det_wh == (w, h) else cv2.resize(bgr, det_wh, interpolation=cv2.INTER_LINEAR)
         else:  # FFmpeg scales and converts in one pass: far cheaper than full-size BGR + cv2.resize
-            det = scaler.reformat(
-                d.frame, width=det_wh[0], height=det_wh[1], format="bgr24", interpolation="AREA"
-            ).to_ndarray()
+            det = scale_frame(scaler, d.frame, det_wh)
         pts_to_index[_pts(d.timecode)] = d.index
         for detector in detectors:
             cuts += detector.process_frame(d.timecode, det)
@@ -201,8 +219,8 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             det if det_wh == small_wh else cv2.resize(det, small_wh, interpolation=cv2.INTER_AREA),
             cv2.COLOR_BGR2GRAY,
         )  # (h, w) uint8
-        luma.append(float(gray.mean()))
-        diffs.append(0.0 if prev_gray is None else float(cv2.absdiff(gray, prev_gray).mean()))
+        luma.append(cv2.mean(gray)[0])
+        diffs.append(0.0 if prev_gray is None else cv2.norm(gray, prev_gray, cv2.NORM_L1) / gray.size)
         if prev_gray is not None and flow_every and d.index % flow_every == 0:
             flow = cv2.calcOpticalFlowFarneback(prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (h, w, 2)
             mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
@@ -214,9 +232,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             shift_mag.append(math.hypot(dx, dy) / diag * fps)
         if keep_every and d.index >= next_keep - 1e-6:
             next_keep += keep_every
-            rgb = keeper.reformat(
-                d.frame, width=keep_wh[0], height=keep_wh[1], format="rgb24", interpolation="AREA"
-            ).to_ndarray()  # (h, w, 3)
+            rgb = scale_frame(keeper, d.frame, keep_wh, cv2.COLOR_YUV2RGB_I420)  # (h, w, 3)
             kept[d.index] = encode_jpeg(rotate(rgb, rotation))
         prev_gray = gray
     if last_tc is not None:

@@ -95,25 +95,34 @@ def test_analysis_motion_separates_static_normal_fast(synthetic_dir, synthetic_m
 
 
 def test_kept_frames_and_resolution_independent_scores(tmp_path):
-    """The same footage analysed at two frame sizes gives the same motion scores (within the
-    noise of resampling)."""
-    from curation import motion
-    from curation.synthetic import generate
+    """The same footage at 2x the resolution gives the same motion scores (flow is measured
+    relative to the frame diagonal, on frames brought to the same analysis size)."""
+    from fractions import Fraction
 
-    m = generate(tmp_path, videos=2, seed=5, short_side=192, min_seconds=2.0, max_seconds=2.5)
+    import av
+    import cv2
+
+    from curation import motion
+    from curation.synthetic import encode_video, generate
+
+    m = generate(tmp_path, videos=1, seed=5, short_side=192, min_seconds=6.0, max_seconds=6.0)
     v = m["videos"][0]
-    s = next(s for s in v["scenes"] if s["motion"] == "normal")
+    half = (v["width"] // 4 * 2, v["height"] // 4 * 2)  # even: 4:2:0
+    with av.open(str(tmp_path / v["file"])) as c:
+        small = [
+            cv2.resize(f.to_ndarray(format="rgb24"), half, interpolation=cv2.INTER_AREA)
+            for f in c.decode(video=0)
+        ]
+    encode_video(tmp_path / "half.mp4", small, Fraction(v["fps_fraction"]), *half)
+    s = max((s for s in v["scenes"] if s["motion"] == "normal"), key=lambda s: s["end"] - s["start"])
     means = []
-    for side in (192, 96):
-        a = analyze(
-            str(tmp_path / v["file"]),
-            AnalysisConfig(flow_short_side=side, keep_short_side=side),
-            fps=v["fps"],
-        )
+    for path in (tmp_path / v["file"], tmp_path / "half.mp4"):
+        a = analyze(str(path), AnalysisConfig(keep_short_side=64), fps=v["fps"])
         means.append(motion.scores(a, s["start"] + 1, s["end"] - 1)["motion_mean"])
         frames = a.kept_frames(0, a.num_frames, 3)
-        assert len(frames) == 3 and min(frames[0][1].shape[:2]) == side
-    assert means[0] > 0.05 and means[0] == pytest.approx(means[1], rel=0.15)
+        assert len(frames) == 3 and min(frames[0][1].shape[:2]) == 64
+    # sub-pixel shifts at analysis size make single samples noisy; a score in pixels would differ 2x
+    assert means[0] > 0.05 and means[0] == pytest.approx(means[1], rel=0.3)
 
 
 def test_probe_facts_and_rejections(synthetic_dir, synthetic_manifest, tmp_path):
