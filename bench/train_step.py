@@ -239,7 +239,10 @@ def bench_latte(args, device, amp):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy machine)"
+    )
     p.add_argument("--hidden", type=int, default=192, help="packing benchmark model width")
     p.add_argument("--depth", type=int, default=4, help="packing benchmark model depth")
     p.add_argument("--heads", type=int, default=3)
@@ -255,6 +258,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     amp = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     peak = matmul_peak(device)
     packing = bench_packing(args, device, amp)

@@ -137,3 +137,12 @@ def test_flow_interpolation_and_target():
     torch.testing.assert_close(xt[1], n[1])
     t = torch.tensor([0.3, 0.8])
     torch.testing.assert_close(f.x0_from_velocity(f.q_sample(x0, t, n), t, n - x0), x0)
+
+
+def test_clip_x0_applies_only_when_sampling():
+    d = GaussianDiffusion(prediction="x0", clip_x0=1.0)
+    xt, out, t = torch.randn(1, 1, 1, 2, 2), torch.full((1, 1, 1, 2, 2), 3.0), torch.tensor([500])
+    assert d.p_mean_variance(out, xt, t)["x0"].max().item() == 3.0  # training / VLB: untouched
+    p = d.p_mean_variance(out, xt, t, clip=True)
+    assert p["x0"].max().item() == 1.0
+    torch.testing.assert_close(p["eps"], d.eps_from_x0(xt, t, p["x0"]))  # eps follows the clamped x0

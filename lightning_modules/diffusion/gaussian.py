@@ -48,13 +48,14 @@ class GaussianDiffusion:
         prediction: str = "eps",
         learn_sigma: bool = False,
         fixed_variance: str = "small",  # without learn_sigma: "small" = posterior variance, "large" = beta_t
+        clip_x0: float | None = None,  # sampling clamps predicted x0 to [-clip_x0, clip_x0] (pixels: 1.0)
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction={prediction!r} is unknown; choose one of {PREDICTIONS}")
         if fixed_variance not in ("small", "large"):
             raise ValueError(f"fixed_variance={fixed_variance!r} must be 'small' or 'large'")
         self.schedule, self.prediction, self.learn_sigma = schedule, prediction, learn_sigma
-        self.fixed_variance = fixed_variance
+        self.fixed_variance, self.clip_x0 = fixed_variance, clip_x0
         alphas_cumprod = torch.cumprod(1 - make_betas(schedule, num_timesteps), dim=0)
         self._set_alphas_cumprod(alphas_cumprod, torch.arange(num_timesteps))
 
@@ -171,8 +172,9 @@ class GaussianDiffusion:
             )
         return out.chunk(2, dim=1)
 
-    def p_mean_variance(self, out, x_t, t):
-        """From the network output: mean, variance, log variance of p(x_{t-1} | x_t), and x0 / eps."""
+    def p_mean_variance(self, out, x_t, t, *, clip: bool = False):
+        """From the network output: mean, variance, log variance of p(x_{t-1} | x_t), and x0 / eps.
+        clip=True (samplers) clamps x0 to +-clip_x0 when set, and eps follows the clamped x0."""
         pred, var_values = self.split_output(out)
         if var_values is not None:
             min_log = self._at(self.posterior_log_variance_clipped, t, x_t)
@@ -195,7 +197,10 @@ class GaussianDiffusion:
             x0 = self.x0_from_v(x_t, t, pred)
         else:
             x0 = pred
-        eps = pred if self.prediction == "eps" else self.eps_from_x0(x_t, t, x0)
+        clipped = clip and self.clip_x0 is not None
+        if clipped:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        eps = pred if self.prediction == "eps" and not clipped else self.eps_from_x0(x_t, t, x0)
         mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "x0": x0, "eps": eps}
 

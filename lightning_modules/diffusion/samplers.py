@@ -120,7 +120,7 @@ def sample(
 
 def _gaussian_step(d: GaussianDiffusion, sampler: str, x, out, t, eta: float, generator):
     """One reverse step x_t -> x_{t-1} (tensors (B, C, T, H, W); t (B,) one shared index)."""
-    p = d.p_mean_variance(out, x, t)
+    p = d.p_mean_variance(out, x, t, clip=True)
     last = int(t[0]) == 0
     if sampler == "ddpm":
         if last:
