@@ -214,3 +214,27 @@ def test_presets_and_errors():
         tiny(block_type="spatial")
     with pytest.raises(ValueError, match="attn_backend"):
         tiny(attn_backend="xformers")
+
+
+def test_bf16_autocast_runs_both_paths():
+    """CUDA training runs under bf16 autocast; the same code path is exercised here on CPU."""
+    model = randomize(tiny(block_type="vdt", num_classes=3, text_dim=8))
+    xs, masks = _clips()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(xs[0][None], torch.tensor([5]), y=torch.tensor([1]), text=torch.randn(1, 3, 8))
+        packed = model.forward_packed(xs, torch.zeros(len(xs)), masks=masks)
+    assert torch.isfinite(out).all() and all(torch.isfinite(p).all() for p in packed)
+
+
+@pytest.mark.slow
+def test_flex_attention_backend_matches_grouped_sdpa():
+    """flex_attention with a BlockMask (compiled; ~35 s to compile on CPU) == the grouped default."""
+    model = randomize(tiny(block_type="vdt"))
+    xs, masks = _clips()
+    t = torch.arange(len(xs)).float()
+    with torch.no_grad():
+        ref = model.forward_packed(xs, t, masks=masks)
+        model.attn_backend = "flex"
+        out = model.forward_packed(xs, t, masks=masks)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
