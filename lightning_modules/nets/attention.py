@@ -333,12 +333,14 @@ class PackedLayout:
         return self._permuted(run, q, k, v, seg)
 
     def cross_attend(self, q, k, v, mask):
-        """q (1, N, h, d); k/v (B, L, h, d) per sample; mask (B, L) bool or None. Each token sees only
-        its own sample's text (a small dense (N, B*L) mask: text is short)."""
-        b, length = k.shape[:2]
-        kv_sample = torch.arange(b, device=q.device).repeat_interleave(length)  # (B*L,)
-        allowed = self.sample_id[:, None] == kv_sample[None, :]  # (N, B*L)
-        if mask is not None:
-            allowed = allowed & mask.reshape(1, -1)
-        k, v = k.reshape(1, b * length, *k.shape[2:]), v.reshape(1, b * length, *v.shape[2:])
-        return _cross_attend(q, k, v, allowed[None])
+        """q (1, N, h, d); k/v (B, L, h, d) per sample; mask (B, L) bool or None. Each clip's tokens
+        attend to their own caption: one SDPA per clip, O(N * L) (a (N, B*L) mask would cost B times
+        more and grow with the batch)."""
+        outs = []
+        for i, qi in enumerate(q[0].split(self.sizes)):  # (N_i, h, d)
+            ki, vi = k[i : i + 1], v[i : i + 1]  # (1, L, h, d)
+            if mask is None:
+                outs.append(_sdpa(qi[None], ki, vi)[0])
+            else:
+                outs.append(_cross_attend(qi[None], ki, vi, mask[i : i + 1, None, :])[0])
+        return torch.cat(outs)[None]  # (1, N, h, d)
