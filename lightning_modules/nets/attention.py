@@ -7,10 +7,11 @@ A *layout* owns the geometry of one forward pass and is built once per batch (ne
 - `PackedLayout`: variable-shape clips packed into ONE sequence (1, N_total) with a sample id and a
   (t, h, w) coordinate per token. Attention stays within a sample (`full`), within one frame of a
   sample (`spatial`) or within one pixel track of a sample (`temporal`). Backends:
-  - `sdpa` (default, any device): segments of equal length are gathered into a batch and run through
-    unmasked SDPA. Exact, and no O(N^2) mask: a dense mask over a packed sequence costs N_total^2
-    where factorized attention costs sum(T * S^2) (vit-pytorch PR #353 measured dense masks 6x
-    slower than padding), so we only ever build masks for the reference backend below.
+  - `sdpa` (default, any device): each clip's chunk of the sequence is reshaped into its segments
+    (frames, pixel tracks or the whole clip), segments of equal length are concatenated and run
+    through one unmasked SDPA. Exact, and no O(N^2) mask: a dense mask over a packed sequence costs
+    N_total^2 where factorized attention costs sum(T * S^2) (vit-pytorch PR #353 measured dense masks
+    6x slower than padding), so masks are only built for the other backends.
   - `sdpa_dense`: one boolean (N, N) mask and SDPA -- the simple reference implementation.
   - `flex`: `torch.nn.attention.flex_attention` with a BlockMask over segment ids (compiled; GPU).
   - `flash`: `flash_attn_varlen_func` over cu_seqlens (CUDA, fp16/bf16, when flash-attn is installed).
