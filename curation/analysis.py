@@ -198,7 +198,8 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             det_wh = detector_size(w, h, cfg.min_width)
             if cfg.scaler != "scenedetect" and det_wh != (w, h):
                 det_wh = even_size(*det_wh)  # scale_frame's 4:2:0 path needs even sizes
-            small_wh = small_size(*det_wh, cfg.flow_short_side)
+            k = max(1, round(min(det_wh) / cfg.flow_short_side))  # integer factor: OpenCV's fast area path
+            small_wh = (max(2, det_wh[0] // k), max(2, det_wh[1] // k))
             keep_wh = even_size(*small_size(w, h, cfg.keep_short_side))
             diag = math.hypot(*small_wh)
             window = cv2.createHanningWindow(small_wh, cv2.CV_32F)

@@ -61,7 +61,11 @@ class AnalysisConfig:
         "scenedetect (full-size BGR then cv2 INTER_LINEAR, bit-identical to scenedetect.detect())",
     )
     flow_fps: float = _f(4.0, "optical-flow samples per second (each on a consecutive frame pair)")
-    flow_short_side: int = _f(64, "short side of the grayscale frames used for flow and frame diffs")
+    flow_short_side: int = _f(
+        64,
+        "about the short side of the grayscale frames for flow and frame diffs (detector frames "
+        "reduced by the nearest integer factor)",
+    )
     keep_fps: float = _f(2.0, "rate at which frames are kept for CLIP, thumbnails and phash")
     keep_short_side: int = _f(224, "short side of the kept frames (pixels)")
     threads: int = _f(1, "PyAV decoder threads per source (0 = FFmpeg's choice)")
