@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation.schema import EMB, JSON, LATENT, MP4, TXT
 from datamodules.buckets import Bucket, BucketBatcher, Buckets, key_rng
-from datamodules.collate import collate_bucketed, collate_packed
+from datamodules.collate import collate_bucketed, collate_packed, to_unit
 from datamodules.decode import IMAGE_FIELDS, decode_image, decode_video, probe_video
 from datamodules.packing import StreamPacker, TokenGrid
 from datamodules.sampling import ShortPolicy, frame_indices, max_frames, sampling_step
@@ -410,7 +410,7 @@ class ShardDataset(IterableDataset):
             samples = (s for s in (self._realize(p, wid=wid) for p in plans) if s is not None)
             for group in BucketBatcher(flush=final_flush)(samples):
                 self._count(wid, "batches")
-                yield collate_bucketed(group)
+                yield collate_bucketed(group, scale=False)  # uint8 across processes
             return
         keep = 1.0 - self.o.token_drop_rate
         size = lambda s: math.ceil(s["tokens"] * keep)  # noqa: E731
@@ -429,7 +429,7 @@ class ShardDataset(IterableDataset):
             self._count(wid, "batches")
             self._count(wid, "tokens", sum(size(s) for s in samples))
             self._count(wid, "budget", self.o.tokens_per_batch)
-            yield collate_packed(samples)
+            yield collate_packed(samples, scale=False)  # uint8 across processes
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -479,13 +479,17 @@ class EpochLoader(DataLoader):
         super().__init__(dataset, batch_size=None, **kw)
         self.epoch_fn, self.on_epoch_start, self._count = epoch_fn, on_epoch_start, 0
 
+    normalize_on_device = False  # set by the datamodule when a trainer moves batches to an accelerator
+
     def __iter__(self):
         if self.on_epoch_start is not None:
             self.on_epoch_start()
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         self.dataset.set_epoch(self._count if epoch is None else epoch)
         self._count += 1
-        return super().__iter__()
+        it = super().__iter__()
+        # workers ship uint8; the contract's float [-1, 1] is made here, or on the GPU after transfer
+        return it if self.normalize_on_device else map(to_unit, it)
 
     def __len__(self) -> int:  # training: the defined epoch length; evaluation: unknown
         if self.dataset.batches_per_rank is None:
@@ -724,7 +728,7 @@ class VideoShardsDataModule(L.LightningDataModule):
             batches_per_rank=self.batches_per_rank if train else None,
             counters=counters,
         )
-        return EpochLoader(
+        loader = EpochLoader(
             ds,
             epoch_fn=self._epoch,
             on_epoch_start=new_epoch,
@@ -732,6 +736,13 @@ class VideoShardsDataModule(L.LightningDataModule):
             pin_memory=o.pin_memory,
             persistent_workers=False,
         )
+        trainer = self.trainer
+        loader.normalize_on_device = bool(trainer is not None and trainer.strategy.root_device.type != "cpu")
+        return loader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 videos (when the loader left scaling to the device) -> float in [-1, 1] there."""
+        return to_unit(batch) if isinstance(batch, dict) else batch
 
     def train_dataloader(self) -> EpochLoader:
         return self._loader("train")

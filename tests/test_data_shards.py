@@ -247,3 +247,14 @@ def test_resampled_streaming_has_the_defined_epoch_length(shards):
         keys.append([m["key"] for b in batches for m in b["meta"]])
     assert counts == [4, 4]  # ceil(7 / 2) per rank
     assert keys[0] != keys[1]  # ranks draw different shards
+
+
+def test_device_side_scaling_equals_loader_scaling(shards):
+    dm = make(shards, frame_stride=2)
+    on_host = list(dm.val_dataloader())
+    loader = dm.val_dataloader()
+    loader.normalize_on_device = True  # what the datamodule sets when the trainer has an accelerator
+    wire = list(loader)
+    assert wire[0]["video"].dtype == torch.uint8  # 4x less to move
+    for a, b in zip(on_host, wire):
+        assert torch.equal(a["video"], dm.on_after_batch_transfer(b, 0)["video"])
