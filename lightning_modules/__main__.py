@@ -22,10 +22,25 @@ def _trainer_defaults() -> dict:
     return {}
 
 
+class VideoCLI(LightningCLI):
+    """LightningCLI plus `torch_threads`: intra-op CPU threads for this run (tiny models on a shared
+    CPU run fastest with 1; None keeps torch's default)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--torch_threads", type=int | None, default=None, help="torch.set_num_threads for CPU runs"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("torch_threads"):
+            torch.set_num_threads(config.torch_threads)
+
+
 def cli_main(args: list[str] | dict | None = None, *, run: bool = True) -> LightningCLI:
     """Run the CLI (`args=None` reads sys.argv); tests pass a list of flags. `run=False` only builds
     the model, data and trainer (then `args` has no subcommand)."""
-    return LightningCLI(
+    return VideoCLI(
         VideoDiffusion,
         subclass_mode_data=True,
         args=args,
