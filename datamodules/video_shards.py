@@ -39,6 +39,11 @@ time (leftover partial batches are emitted). A training shard list that shares a
 validation list is an error, and a training sample whose json says ``split != "train"`` is
 dropped and counted (``heldout``).
 
+Videos cross from the workers as uint8 (4x less to move) and become the contract's float in
+[-1, 1] in the loader's iterator, or, when the trainer runs on an accelerator, on the device in
+`on_after_batch_transfer` (so the LightningModule always sees float; direct users of the loader
+too).
+
 Counters (corrupt, short, heldout, no_bucket, shard_errors, samples, batches, tokens, budget)
 live in shared memory; each epoch they are printed on rank zero and written to the trainer's
 logger under ``data/<split>/...`` (packing: ``data/train/utilization`` = real tokens / budget).
@@ -61,6 +66,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
 from curation.schema import EMB, JSON, LATENT, MP4, TXT
 from datamodules.buckets import Bucket, BucketBatcher, Buckets, key_rng
@@ -161,7 +167,7 @@ class ShardDataset(IterableDataset):
         return order, lambda i: i % total == slot
 
     # ---- one sample: plan (cheap, no video decode), then realize (decode) ------------------------
-    def _prepare(self, raw: dict, *, wid: int, pas: int, image_source: bool) -> dict | None:
+    def _prepare(self, raw: dict, *, wid: int, pas: int) -> dict | None:
         """A plan: target shape, frame indices, crop and flip decided, the decode deferred to
         `_realize` (packing groups plans, so only clips that made a pack are decoded)."""
         o, train = self.o, self.train
@@ -323,7 +329,6 @@ class ShardDataset(IterableDataset):
         *,
         wid: int,
         pas: int,
-        image_source: bool,
         seen: list[int],
     ) -> Iterator[dict]:
         raws = (r for i, r in enumerate(raw_samples(urls, handler=self._handler(wid))) if keep(i))
@@ -334,19 +339,17 @@ class ShardDataset(IterableDataset):
             )
         for raw in raws:
             seen[0] += 1
-            s = self._prepare(raw, wid=wid, pas=pas, image_source=image_source)
+            s = self._prepare(raw, wid=wid, pas=pas)
             if s is not None:
                 yield s
 
-    def _endless(self, urls: list[str], *, wid: int, nw: int, image_source: bool) -> Iterator[dict]:
+    def _endless(self, urls: list[str], *, wid: int, nw: int) -> Iterator[dict]:
         """Training samples of this worker, pass after pass (or resampled shards), never ending."""
         if self.o.resampled:
             rng = random.Random(zlib.crc32(f"{self.o.seed}/{self.epoch}/{self.rank}/{wid}/r".encode()))
             seen, got = [0], 0
             for pas in itertools.count():
-                for s in self._pass(
-                    [rng.choice(urls)], lambda i: True, wid=wid, pas=pas, image_source=image_source, seen=seen
-                ):
+                for s in self._pass([rng.choice(urls)], lambda i: True, wid=wid, pas=pas, seen=seen):
                     got += 1
                     yield s
                 if got == 0 and pas >= 10 * len(urls):
@@ -357,7 +360,7 @@ class ShardDataset(IterableDataset):
         for pas in itertools.count():
             share, keep = self._share(urls, wid, nw, level)
             seen, got = [0], 0
-            for s in self._pass(share, keep, wid=wid, pas=pas, image_source=image_source, seen=seen):
+            for s in self._pass(share, keep, wid=wid, pas=pas, seen=seen):
                 got += 1
                 yield s
             if got:
@@ -377,10 +380,10 @@ class ShardDataset(IterableDataset):
             )
 
     def _train_samples(self, wid: int, nw: int) -> Iterator[dict]:
-        videos = self._endless(self.urls, wid=wid, nw=nw, image_source=False)
+        videos = self._endless(self.urls, wid=wid, nw=nw)
         if not self.image_urls or self.o.image_ratio <= 0:
             return videos
-        images = self._endless(self.image_urls, wid=wid, nw=nw, image_source=True)
+        images = self._endless(self.image_urls, wid=wid, nw=nw)
         rng = random.Random(zlib.crc32(f"{self.o.seed}/{self.epoch}/{self.rank}/{wid}/mix".encode()))
         return (
             next(images) if rng.random() < self.o.image_ratio else next(videos) for _ in itertools.count()
@@ -388,7 +391,7 @@ class ShardDataset(IterableDataset):
 
     def _eval_samples(self, wid: int, nw: int) -> Iterator[dict]:
         share, keep = self._share(self.urls, wid, nw, 0)
-        return self._pass(share, keep, wid=wid, pas=0, image_source=False, seen=[0])
+        return self._pass(share, keep, wid=wid, pas=0, seen=[0])
 
     def _watched(self, plans: Iterator[dict], *, wid: int) -> Iterator[dict]:
         """Fail loudly instead of spinning when no planned sample ever decodes (all corrupt)."""
@@ -623,8 +626,19 @@ class VideoShardsDataModule(L.LightningDataModule):
         o = self.opts
         if o.batches_per_epoch:
             return int(o.batches_per_epoch)
-        metas = [m for url in urls for m in _safe_scan(url)]
+        metas = [
+            m
+            for url in tqdm(
+                urls, desc="sizing the epoch (shard json)", disable=len(urls) < 16 or self._dist()[0] != 0
+            )
+            for m in _safe_scan(url)
+        ]
         videos = [m for m in metas if MP4 in m["__fields__"] and m.get("split", "train") == "train"]
+        if not videos:
+            rank_zero_warn(
+                f"found no training clips in the json of {len(urls)} shards: the epoch is 1 batch; "
+                "set batches_per_epoch (needed for shards without per-sample json)"
+            )
 
         def step_of(m):
             return sampling_step(
