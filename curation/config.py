@@ -52,13 +52,14 @@ class AnalysisConfig:
     threshold: dict = _f({}, "ThresholdDetector kwargs, e.g. {threshold: 12, fade_bias: 0}")
     min_width: int = _f(
         256,
-        "detector frame size: frames wider than this are downscaled by width/min_width with "
-        "cv2 INTER_LINEAR, exactly as scenedetect's auto_downscale (0 = full size)",
+        "detector frame size, scenedetect's auto_downscale rule: frames whose larger side is >= "
+        "min_width are downscaled by max(width, height) / min_width (0 = full size)",
     )
     scaler: str = _f(
         "ffmpeg",
-        "how frames reach detector size: ffmpeg (scale+convert in one FFmpeg pass: fast) or "
-        "scenedetect (full-size BGR then cv2 INTER_LINEAR, bit-identical to scenedetect.detect())",
+        "how frames reach detector size: ffmpeg (FFmpeg area-scales in 4:2:0, OpenCV converts the "
+        "small frame: fast; a cut may move by a frame vs scenedetect.detect()) or scenedetect "
+        "(full-size BGR then cv2 INTER_LINEAR: cut lists identical to scenedetect.detect())",
     )
     flow_fps: float = _f(4.0, "optical-flow samples per second (each on a consecutive frame pair)")
     flow_short_side: int = _f(
