@@ -761,11 +761,18 @@ class VideoShardsDataModule(L.LightningDataModule):
     def train_dataloader(self) -> EpochLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> EpochLoader:
-        return self._loader("val")
+    def _eval_loader(self, split: str) -> EpochLoader | list:
+        explicit = self.opts.val_shards if split == "val" else (self.opts.test_shards or self.opts.val_shards)
+        if not explicit and not self.shard_urls(split):  # e.g. a curation run too small for a val split
+            rank_zero_warn(f"[data] no {split} shards under {self.opts.data_dir!r}: {split} is skipped")
+            return []
+        return self._loader(split)
 
-    def test_dataloader(self) -> EpochLoader:
-        return self._loader("test")
+    def val_dataloader(self) -> EpochLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> EpochLoader | list:
+        return self._eval_loader("test")
 
     # ---- counters ----------------------------------------------------------------------------------
     def data_stats(self, split: str = "train") -> dict[str, float]:

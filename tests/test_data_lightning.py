@@ -3,6 +3,7 @@
 import csv
 
 import lightning as L
+import pytest
 import torch
 
 from datamodules.synthetic import SyntheticVideoDataModule, clip_sample, write_shards
@@ -85,3 +86,14 @@ def test_data_configs_instantiate_like_the_cli():
         cfg = parser.parse_args(["--config", str(path)])
         dm = parser.instantiate_classes(cfg).data
         assert isinstance(dm, SyntheticVideoDataModule | VideoShardsDataModule), path
+
+
+def test_missing_val_split_is_skipped_not_fatal(tmp_path):
+    (tmp_path / "shards").mkdir()
+    write_shards(str(tmp_path / "shards" / "train-%06d.tar"),
+                 [clip_sample(f"t{i}_s0_c0", num_frames=8, height=32, width=32, fps=24.0) for i in range(2)])  # fmt: skip
+    dm = VideoShardsDataModule(data_dir=str(tmp_path), num_frames=4, height=32, width=32, batch_size=2,
+                               num_workers=0, latent_downsample=(1, 1, 1))  # fmt: skip
+    assert dm.val_dataloader() == [] and len(list(dm.train_dataloader())) == 1
+    with pytest.raises(FileNotFoundError, match="val shards"):
+        VideoShardsDataModule(val_shards=str(tmp_path / "nothing-*.tar")).val_dataloader()
