@@ -59,18 +59,52 @@ def test_fit_with_overrides(fitted):
 def test_interpolation_inside_a_yaml(tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
-        "width: 24\n"
-        "model:\n  dit: {hidden_size: 32, depth: 2, num_heads: 2, patch_size: [1, 4, 4]}\n  num_classes: 3\n"
-        "data:\n  class_path: datamodules.synthetic.SyntheticVideoDataModule\n"
-        "  init_args: {num_samples: 4, num_frames: 2, height: 16, width: '${width}', batch_size: 2,\n"
-        "              num_classes: '${model.num_classes}', patch_size: '${model.dit.patch_size}'}\n".replace(
-            "width: 24\n", ""
-        ).replace("'${width}'", "'${data.init_args.height}'")
+        """
+model:
+  dit: {hidden_size: 32, depth: 2, num_heads: 2, patch_size: [1, 4, 4]}
+  num_classes: 3
+data:
+  class_path: datamodules.synthetic.SyntheticVideoDataModule
+  init_args:
+    num_samples: 4
+    num_frames: 2
+    height: 16
+    width: ${data.init_args.height}
+    batch_size: 2
+    num_classes: ${model.num_classes}
+    patch_size: ${model.dit.patch_size}
+"""
     )
     cli = cli_main(["--config", str(cfg)], run=False)
     assert cli.datamodule.hparams.width == 16 and cli.datamodule.hparams.num_classes == 3
     assert tuple(cli.datamodule.hparams.patch_size) == (1, 4, 4)
     assert cli.model.hparams.num_classes == 3
+
+
+def test_demo_config_takes_the_shard_dir_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("VIDEODIT_DATA", "/data/curated")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(ROOT / "configs/train/demo.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["init_args"]["data_dir"] == "/data/curated"
+    assert printed["data"]["init_args"]["patch_size"] == printed["model"]["dit"]["patch_size"] == [1, 4, 4]
+    assert printed["trainer"]["callbacks"][2]["init_args"]["dirpath"] == "runs/demo/checkpoints"
+
+
+def test_fsdp_config_builds_the_strategy():
+    """The FSDP snippet parses and builds an FSDPStrategy wrapping DiT blocks (running it needs GPUs)."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_modules.nets.dit import DiTBlock
+
+    parser = ArgumentParser(parser_mode="omegaconf")
+    parser.add_subclass_arguments(FSDPStrategy, "strategy")
+    snippet = yaml.safe_load((ROOT / "configs/train/fsdp.yaml").read_text())["trainer"]
+    strategy = parser.instantiate(parser.parse_object({"strategy": snippet["strategy"]})).strategy
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+    assert "EMA" not in str(snippet["callbacks"])  # EMA keeps unsharded copies: not with FSDP
 
 
 def test_print_config_shows_the_resolved_config(capsys):
