@@ -224,11 +224,11 @@ class VideoDiffusion(L.LightningModule):
         training = stage == "train"
         if training:
             self.sample_shape = tuple(batch["videos"][0].shape[1:] if packed else batch["video"].shape[2:])
-        key = (self.trainer.global_step if training else 0) if self._trainer is not None else 0
-        rank = self.global_rank
-        # stateless generators: CPU for t, masks and dropout (the objectives draw t on CPU), device for noise
-        cpu_gen = _seeded(self._seed(), stage == "train", key, rank, batch_idx)
-        dev_gen = _seeded(self._seed(), stage == "train", key, rank, batch_idx, 1, device=self.device)
+        # stateless generators (validation: the same draws at every evaluation): CPU for t, masks and
+        # dropout (the objectives draw t on CPU), the device for noise
+        step = self.trainer.global_step if training and self._trainer is not None else 0
+        key = (self._seed(), training, step, self.global_rank, batch_idx)
+        cpu_gen, dev_gen = _seeded(*key), _seeded(*key, 1, device=self.device)
 
         shapes = [tuple(z.shape) for z in x0] if packed else [tuple(x0.shape[1:])] * n  # (C, T', H', W')
         mask = None
@@ -250,6 +250,9 @@ class VideoDiffusion(L.LightningModule):
         )
         loss = out["loss"].mean()
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=not training)
+        for term in ("mse", "vb"):  # the parts of a hybrid (learned-sigma) loss
+            if term in out and out[term] is not out["loss"]:
+                self.log(f"{stage}/{term}", out[term].mean(), batch_size=n, sync_dist=not training)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
