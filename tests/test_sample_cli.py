@@ -74,6 +74,12 @@ def test_callback_writes_mp4s_with_ema_every_n_steps_and_at_the_end(run):
     assert np.abs(frames[:2].astype(float) - given).mean() < 8  # H.264 at crf 18 is close, not exact
 
 
+def test_callback_keeps_its_given_clips_in_checkpoints(run):
+    state = torch.load(run["ckpt"], weights_only=True)["callbacks"]
+    (saved,) = [v["reference"] for k, v in state.items() if k.startswith("SampleVideos")]
+    assert torch.equal(saved, run["sampler"]._reference)
+
+
 def test_callback_logs_frame_strips_to_tensorboard(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -8,7 +8,7 @@ sample, frames side by side) under `samples/<i>`.
         init_args: {every_n_steps: 500, num_samples: 4, task: predict, given_frames: 2}
 
 Masked tasks (predict / interpolate / i2v) take their given frames from the first training batch
-seen (cached once, so every sampling round continues the same clips).
+seen (cached once and kept in checkpoints, so every sampling round continues the same clips).
 """
 
 from __future__ import annotations
@@ -107,6 +107,13 @@ class SampleVideos(Callback):
         if step > 0 and step != self._last_step and step % self.every_n_steps == 0:
             self._last_step = step
             self.sample(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        """The cached given clips travel with checkpoints, so a resumed run continues the same ones."""
+        return {"reference": self._reference}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._reference = state_dict.get("reference")
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.at_train_end and trainer.global_step != self._last_step and self._reference is not None:
