@@ -70,7 +70,8 @@ def sample(
     device = next(model.parameters()).device
     x = [_randn(s, generator, device) for s in shape] if packed else _randn(shape, generator, device)
     if packed and mask is not None:
-        given, mask = [g.to(device) for g in given], [m.to(device) for m in mask]
+        given = [None if g is None else g.to(device) for g in given]
+        mask = [None if m is None else m.to(device) for m in mask]  # None: nothing given in that clip
     elif mask is not None:
         given, mask = given.to(device), mask.to(device)
 
