@@ -7,12 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_modules.__main__ import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "configs/train/debug.yaml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_torch_threads():
+    """The debug config sets torch_threads: 1 for its run; give the rest of the session its threads back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 QUICK = [
     "--data.init_args.num_val_samples=4",
     "--trainer.num_sanity_val_steps=0",
