@@ -238,3 +238,22 @@ def test_flex_attention_backend_matches_grouped_sdpa():
         out = model.forward_packed(xs, t, masks=masks)
     for a, b in zip(ref, out):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "flash"])
+def test_packed_backends_on_cuda_match_per_sample_bf16(backend):
+    """On a GPU (bf16 autocast), every packed backend matches the per-sample fast path."""
+    from lightning_modules.nets.attention import flash_attn_varlen_func
+
+    if backend == "flash" and flash_attn_varlen_func is None:
+        pytest.skip("flash-attn is not installed")
+    model = randomize(tiny(block_type="vdt", hidden_size=64, num_heads=2, attn_backend=backend)).cuda()
+    xs, masks = _clips()
+    xs, masks = [x.cuda() for x in xs], [m.cuda() for m in masks]
+    t = torch.arange(len(xs), device="cuda").float()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        packed = model.forward_packed(xs, t, masks=masks)
+        for i, x in enumerate(xs):
+            single = model(x[None], t[i : i + 1], mask=masks[i][None])[0]
+            torch.testing.assert_close(packed[i].float(), single.float(), atol=3e-2, rtol=3e-2)
