@@ -83,6 +83,9 @@ class ClipsConfig:
         "difference exceeds transition_factor * (the bordering scene's median) + transition_margin",
     )
     transition_margin: float = _f(0.5, "see transition_factor (0-255 gray levels)")
+    transition_lookahead: int = _f(
+        2, "trimming goes on while any of the next this-many frames is still elevated"
+    )
     max_transition_seconds: float = _f(1.0, "longest gradual transition trimmed at one cut")
     dark_level: float = _f(12.0, "frames whose mean luma is below this count as black (fades)")
     thumb_frames: int = _f(4, "frames in each clip's thumbnail strip (thumbs/<key>.jpg)")

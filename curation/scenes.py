@@ -58,14 +58,18 @@ def trim_bounds(
     right_base = _baseline(diffs, cut + max_t + 1, min(next_end, cut + 3 * max_t + 1))
     if cut + max_t + 1 >= next_end:
         right_base = _baseline(diffs, cut + 1, next_end)
+    look = range(cfg.transition_lookahead + 1)  # tolerate short dips inside a transition
+    lo, hi = max(prev_start, cut - max_t), min(next_end, cut + max_t)
     end = cut  # exclusive end of the left scene
-    while end - 1 > max(prev_start, cut - max_t) and (
-        _elevated(diffs[end - 1], left_base, cfg) or luma[end - 1] < cfg.dark_level
+    while end - 1 > lo and (
+        any(_elevated(diffs[end - 1 - q], left_base, cfg) for q in look if end - 1 - q > lo)
+        or luma[end - 1] < cfg.dark_level
     ):
         end -= 1
     start = cut  # first frame of the right scene
-    while start + 1 < min(next_end, cut + max_t) and (
-        _elevated(diffs[start + 1], right_base, cfg) or luma[start] < cfg.dark_level
+    while start + 1 < hi and (
+        any(_elevated(diffs[start + 1 + q], right_base, cfg) for q in look if start + 1 + q < hi)
+        or luma[start] < cfg.dark_level
     ):
         start += 1
     return end, start

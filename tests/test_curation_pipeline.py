@@ -109,6 +109,10 @@ def test_cuts_and_motion_verdicts_match_ground_truth(eight):
                     )
                 else:
                     assert c["kept"] and c["stage"] == "kept", (v["file"], scene, c)
+        for t in v["transitions"]:  # gradual transitions are trimmed (a few frames may remain)
+            for c in mine:
+                if c["kept"]:
+                    assert _overlap(c, t) <= 3, (v["file"], t, c)
 
 
 def _overlap(c: dict, scene: dict) -> int:
