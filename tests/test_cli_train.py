@@ -175,3 +175,14 @@ def test_help_lists_the_model_knobs(capsys):
         "--model.text_encoder",
     ):
         assert flag in out, flag
+
+
+@pytest.mark.gpu
+def test_debug_config_trains_in_bf16_on_a_gpu(tmp_path):
+    cli = cli_main(
+        ["fit", "--config", DEBUG, "--trainer.accelerator=gpu", "--trainer.devices=1",
+         "--trainer.precision=bf16-mixed", "--trainer.max_steps=5", f"--trainer.default_root_dir={tmp_path}", *QUICK]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 5 and cli.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert cli.model.device.type == "cuda"
