@@ -13,6 +13,7 @@ seen (cached once and kept in checkpoints, so every sampling round continues the
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -45,8 +46,6 @@ def write_mp4(path: str | Path, video: torch.Tensor, *, fps: float = 8.0, crf: i
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from fractions import Fraction
-
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
