@@ -326,8 +326,8 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
             continue
         if cap_path.exists():
             done = json.loads(cap_path.read_text())
-            if done.get("config_hash") == chash:
-                continue
+            if done.get("config_hash") == chash and not done.get("failed"):
+                continue  # captioned before (a failed attempt is retried)
         todo.append((rec, kept))
     if not todo:
         return
@@ -335,10 +335,14 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
 
     captioner = Captioner(cfg.caption)
     bar = tqdm(total=sum(len(k) for _, k in todo), desc="captions", unit="clip", disable=not progress)
+    per_call = max(1, cfg.caption.batch_size // max(1, cfg.caption.frames_per_clip))
     for rec, kept in todo:
         wd = work_dir(out, rec["source_id"])
-        items = []
+        items, results, errors, failed = [], [], {}, False
         for c in kept:
+            if not (wd / "frames" / f"{c['key']}.jpg").exists():
+                errors[c["key"]] = "no frames kept for captioning (raise analysis.keep_fps)"
+                continue
             motion = {k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean")}
             items.append(
                 {
@@ -348,21 +352,23 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
                     "motion": motion,
                 }
             )
-        results = []
-        for i in range(0, len(items), max(1, cfg.caption.batch_size // max(1, cfg.caption.frames_per_clip))):
-            batch = items[i : i + max(1, cfg.caption.batch_size // max(1, cfg.caption.frames_per_clip))]
-            results += captioner.caption_clips(batch)
-            bar.update(len(batch))
-        emb = {r["key"]: np.asarray(r["embedding"], np.float16) for r in results}
-        np.savez(wd / "emb.tmp.npz", **emb)
+        try:
+            for i in range(0, len(items), per_call):
+                results += captioner.caption_clips(items[i : i + per_call])
+                bar.update(len(items[i : i + per_call]))
+        except Exception as e:  # noqa: BLE001 - one source's failure drops its clips, not the run
+            bar.write(f"captioning failed: {rec['path']}: {type(e).__name__}: {e}")
+            errors.update({it["key"]: f"captioning failed: {type(e).__name__}: {e}" for it in items})
+            results, failed = [], True
+        bar.update(len(errors))
+        np.savez(wd / "emb.tmp.npz", **{r["key"]: np.asarray(r["embedding"], np.float16) for r in results})
         os.replace(wd / "emb.tmp.npz", wd / "emb.npz")
         caps = {
             r["key"]: {k: r[k] for k in ("caption", "caption_origin", "clip_score", "caption_candidates")}
             for r in results
         }
-        _write_atomic(
-            wd / "captions.json", json.dumps({"config_hash": chash, "clips": caps}, indent=1, default=float)
-        )
+        doc = {"config_hash": chash, "clips": caps, "errors": errors, "failed": failed}
+        _write_atomic(wd / "captions.json", json.dumps(doc, indent=1, default=float))
     bar.close()
 
 
@@ -381,15 +387,19 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
     from curation.shards import write_shards
 
     records = sorted(records, key=lambda r: (r["source_id"], r["path"]))
-    captions, embeddings = {}, {}
+    captions, embeddings, caption_errors = {}, {}, {}
     for rec in records:
         wd = work_dir(out, rec["source_id"])
         if cfg.caption.enabled and (wd / "captions.json").exists() and rec["status"] == "ok":
-            captions.update(json.loads((wd / "captions.json").read_text())["clips"])
+            doc = json.loads((wd / "captions.json").read_text())
+            captions.update(doc["clips"])
+            caption_errors.update(doc.get("errors", {}))
             with np.load(wd / "emb.npz") as z:
                 embeddings.update({k: z[k] for k in z.files})
     clips = [c for rec in records for c in rec["clips"]]
     for c in clips:
+        if c["kept"] and c["key"] in caption_errors:
+            c.update(kept=False, stage="caption", reason=caption_errors[c["key"]])
         cap = captions.get(c["key"])
         if cap:
             c.update(

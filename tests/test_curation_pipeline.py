@@ -261,3 +261,33 @@ def test_missing_caption_weights_fail_before_any_processing(synthetic_dir, tmp_p
     ]
     assert main(args) == 2
     assert not (out / "work").exists()
+
+
+def test_a_captioning_failure_drops_that_sources_clips_only(synthetic_dir, tmp_path, monkeypatch):
+    from curation import captions
+
+    tiny = captions.save_tiny_model(tmp_path / "tiny")
+    real = captions.Captioner.caption_clips
+    victim = sorted(r.name for r in synthetic_dir.glob("*.mp4"))[0].split("_")[0]
+
+    def flaky(self, items):
+        if any(it["key"].startswith(victim) for it in items):
+            raise RuntimeError("simulated CUDA error")
+        return real(self, items)
+
+    monkeypatch.setattr(captions.Captioner, "caption_clips", flaky)
+    out = tmp_path / "out"
+    curate(
+        synthetic_dir,
+        out,
+        "caption.enabled=true",
+        f"caption.model={tiny['model']}",
+        f"caption.pretrained={tiny['pretrained']}",
+        "caption.device=cpu",
+    )
+    clips = rows(out, "clips")
+    hit = [c for c in clips if c["key"].startswith(victim) and c["stage"] == "caption"]
+    assert hit and all("simulated CUDA error" in c["reason"] and not c["kept"] for c in hit)
+    others = [c for c in clips if not c["key"].startswith(victim) and c["kept"]]
+    assert others and all(c["clip_score"] is not None for c in others)
+    assert set(samples(out)) == {c["key"] for c in others}
