@@ -22,7 +22,15 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from .attention import GridLayout, PackedLayout, apply_rope, check_backend, rope_3d, sincos_3d
+from .attention import (
+    GridLayout,
+    PackedLayout,
+    apply_rope,
+    check_backend,
+    rope_3d,
+    rope_axis_dims,
+    sincos_3d,
+)
 
 BLOCK_TYPES = ("factorized", "vdt", "full")
 POS_EMBEDS = ("rope", "sincos")
@@ -174,7 +182,24 @@ class FinalLayer(nn.Module):
 
 
 class VideoDiT(nn.Module):
-    """Video diffusion transformer. Input/output (B, C, T, H, W); see module docstring."""
+    """Video diffusion transformer. Input/output (B, C, T, H, W); see the module docstring.
+
+    Args:
+        in_channels: latent (or pixel) channels C.
+        patch_size: (pt, ph, pw); pt = 1 embeds each frame with 2D patches, pt > 1 uses tubelets
+            (T is zero-padded to a multiple of pt inside and cropped back).
+        hidden_size, depth, num_heads, mlp_ratio: transformer size (presets in `DIT_PRESETS`).
+        block_type: "factorized" (spatial/temporal blocks alternate; depth counts both), "vdt"
+            (temporal then spatial attention in every block) or "full" (joint space-time).
+        pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing) or "sincos" (fixed, added).
+        num_classes: > 0 adds a class embedding with one extra null class (y == num_classes, or y < 0).
+        text_dim: > 0 adds cross-attention to caption tokens of that width.
+        pooled_text_dim: > 0 adds a pooled text vector to the adaLN conditioning.
+        learn_sigma: output 2C channels (prediction, variance interpolation) for learned-sigma DDPM.
+        attn_backend: packed attention: "sdpa" (grouped, default), "sdpa_dense", "flex", "flash".
+        grad_checkpointing: recompute each block in backward while training.
+        rope_base: RoPE frequency base.
+    """
 
     def __init__(
         self,
@@ -214,8 +239,6 @@ class VideoDiT(nn.Module):
         self.num_classes, self.text_dim, self.pooled_text_dim = num_classes, text_dim, pooled_text_dim
         self.learn_sigma, self.grad_checkpointing, self.rope_base = learn_sigma, grad_checkpointing, rope_base
         if pos_embed == "rope":
-            from .attention import rope_axis_dims
-
             rope_axis_dims(hidden_size // num_heads)  # validates the head size early
 
         pt, ph, pw = self.patch_size
