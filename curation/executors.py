@@ -25,6 +25,7 @@ def run_local(fn: Callable, tasks: list, *, workers: int, on_crash: Callable) ->
             yield fn(task)
         return
     ctx = multiprocessing.get_context("spawn")
+    unfinished = []
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
         pending = {pool.submit(fn, t): t for t in tasks}
         while pending:
@@ -33,8 +34,15 @@ def run_local(fn: Callable, tasks: list, *, workers: int, on_crash: Callable) ->
                 task = pending.pop(fut)
                 try:
                     yield fut.result()
-                except Exception as e:  # the worker process died; its source gets an error row
-                    yield on_crash(task, f"worker crashed: {type(e).__name__}: {e}")
+                except Exception:  # a worker died (segfault, OOM kill): the whole pool is broken
+                    unfinished.append(task)
+    # Rerun each unfinished source alone, so only the one that kills its worker gets an error row.
+    for task in unfinished:
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
+            try:
+                yield solo.submit(fn, task).result()
+            except Exception as e:
+                yield on_crash(task, f"worker crashed: {type(e).__name__}: {e}")
 
 
 def run_ray(fn: Callable, tasks: list, *, address: str, num_cpus: int, on_crash: Callable) -> Iterator:

@@ -60,3 +60,21 @@ def test_local_pool_and_ray_give_identical_outputs(synthetic_dir, tmp_path):
     run_to_end(cli(synthetic_dir, tmp_path / "ray", "executor=ray", "ray.num_cpus=2"))
     a, b = snapshot(tmp_path / "local"), snapshot(tmp_path / "ray")
     assert a["clips"] and a == b
+
+
+def _dies_on_b(task: int) -> int:
+    if task == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # a decoder segfault, as far as the pool can tell
+    return task * 10
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_only_its_own_source():
+    from curation.executors import run_local
+
+    got = sorted(
+        run_local(_dies_on_b, [0, 1, 2, 3], workers=2, on_crash=lambda t, msg: (t, msg)),
+        key=lambda r: r[0] if isinstance(r, tuple) else r / 10,
+    )
+    assert got[0] == 0 and got[2:] == [20, 30]
+    assert got[1][0] == 1 and "worker crashed" in got[1][1]
