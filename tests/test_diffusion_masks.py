@@ -23,7 +23,17 @@ def frames_given(mask):
 def test_builders():
     assert frames_given(predict_mask(6, 4, 4, 2)) == [True, True, False, False, False, False]
     assert frames_given(backward_mask(6, 4, 4, 2)) == [False, False, False, False, True, True]
-    assert frames_given(interpolate_mask(9, 4, 4, stride=4)) == [True, False, False, False, True, False, False, False, True]
+    assert frames_given(interpolate_mask(9, 4, 4, stride=4)) == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
     assert frames_given(image_to_video_mask(5, 4, 4, frame=3)) == [False, False, False, True, False]
     assert frames_given(frames_mask(3, 2, 2, [-1])) == [False, False, True]
     with pytest.raises(ValueError, match="outside"):
