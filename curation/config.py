@@ -61,7 +61,9 @@ class AnalysisConfig:
         "small frame: fast; a cut may move by a frame vs scenedetect.detect()) or scenedetect "
         "(full-size BGR then cv2 INTER_LINEAR: cut lists identical to scenedetect.detect())",
     )
-    flow_fps: float = _f(4.0, "optical-flow samples per second (each on a consecutive frame pair)")
+    flow_fps: float = _f(
+        2.0, "motion samples per second, each on a consecutive frame pair (video2dataset: 2)"
+    )
     flow_short_side: int = _f(
         64,
         "about the short side of the grayscale frames for flow and frame diffs (detector frames "
