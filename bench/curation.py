@@ -247,6 +247,8 @@ def main(argv=None) -> dict:
     (res_dir / "curation.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {res_dir / 'curation.json'}")
     assert math.isfinite(metrics["analysis_vs_decode"]["value"])
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
