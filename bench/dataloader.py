@@ -1,11 +1,15 @@
 """Data loading benchmark, ours vs a baseline measured in the same run.
 
-    python bench/dataloader.py [--clips 48] [--workers 2] [--out bench/results/dataloader.json]
+    python bench/dataloader.py [--clips 64] [--mixed 400] [--workers 2] [--out bench/results/dataloader.json]
 
-1. loader_vs_decode: clips/s through `VideoShardsDataModule` (``--workers`` loader processes:
-   tar parsing, json, frame planning, decord decode, crop, [-1, 1], collation, worker IPC) divided
-   by clips/s of bare decord decoding the same mp4 bytes (same frame count, same output size) in
-   the same number of processes. 1.0 = the loader adds nothing on top of decoding. Goal >= 0.8.
+1. loader_vs_decode: throughput of `VideoShardsDataModule` (``--workers`` loader processes: tar
+   parsing, json, frame planning, decord decode, crop, collation, worker IPC, scaling to [-1, 1]
+   in the loader) over bare decord decoding the same mp4 bytes (same frames, same decoder-side
+   resize) in a pool of as many processes; 360p sources -> 16 x 256 x 256 clips. 1.0 = the loader
+   adds nothing to decoding; goal >= 0.8. The metric counts clips per CPU-second (main process +
+   reaped workers), because wall time on a shared machine swings several-fold between runs; the
+   wall-clock ratio of back-to-back runs and the ratio with scaling left to the device (what a
+   trainer on an accelerator runs) are printed and stored in "details".
 2. Token utilisation (real tokens / tokens paid for) on one corpus of mixed aspect ratios and
    durations under the same per-batch token budget:
    - padding_utilization: every clip padded to the corpus' largest (T, H, W) (the baseline a
@@ -19,11 +23,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,6 +62,20 @@ def write_corpus(root: Path, shapes: list[tuple[int, int, int]], *, crf: int, pr
     return samples
 
 
+@contextlib.contextmanager
+def _clock(wall: list, cpu: list):
+    """Append the wall time and the CPU time (this process + reaped children) of the block."""
+    r0, c0, t0 = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        time.perf_counter(),
+    )
+    yield
+    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall.append(time.perf_counter() - t0)
+    cpu.append(sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in ((r0, r1), (c0, c1))))
+
+
 def _decode_job(args):
     data, idx, size = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -75,27 +95,47 @@ def loader_vs_decode(root: Path, *, clips: int, workers: int, repeats: int = 5) 
     by_key = {s["__key__"]: s["mp4"] for s in samples}
     cover = cover_size(h, w, side, side)
     jobs = [(by_key[m["key"]], m["frame_indices"], cover) for m in metas]
-    loader_s, decode_s = [], []
+    wall = {"loader": [], "decode": [], "device": []}
+    cpu = {"loader": [], "decode": [], "device": []}
     ctx = mp.get_context("fork")
     for _ in range(repeats):  # back to back, so each pair sees the same load on a shared machine
-        with ctx.Pool(workers) as pool:
-            pool.map(_decode_job, jobs[:workers])  # warm the pool
-            t0 = time.perf_counter()
+        pool = ctx.Pool(workers)
+        pool.map(_decode_job, jobs[:workers])  # warm the pool
+        with _clock(wall["decode"], cpu["decode"]):
             pool.map(_decode_job, jobs, chunksize=1)
-            decode_s.append(time.perf_counter() - t0)
+            pool.close()
+            pool.join()  # reaped, so the workers' CPU time is counted
         dm = VideoShardsDataModule(**kw)
         loader = dm.train_dataloader()
-        t0 = time.perf_counter()
-        n = sum(len(b["meta"]) for b in loader)  # worker start-up counted, as a real epoch pays it
-        loader_s.append(time.perf_counter() - t0)
+        with _clock(wall["loader"], cpu["loader"]):  # worker start-up counted, as a real epoch pays it
+            n = sum(len(b["meta"]) for b in loader)  # workers exit (and are reaped) at the end
         assert n == len(jobs), (n, len(jobs))
-    ratios = sorted(d / lo for d, lo in zip(decode_s, loader_s))
-    ratio = float(np.median(ratios))
-    loader_cps, decode_cps = len(jobs) / float(np.median(loader_s)), len(jobs) / float(np.median(decode_s))
-    print(f"loader: {loader_cps:.1f} clips/s   bare decord ({workers} procs): {decode_cps:.1f} clips/s   "
-          f"ratio {ratio:.3f} (median of {repeats} back-to-back pairs: {[round(r, 2) for r in ratios]})  "
-          f"({len(jobs)} clips of {frames}x{side}x{side} from {h}x{w})")  # fmt: skip
-    return {"loader_clips_per_s": loader_cps, "decode_clips_per_s": decode_cps, "ratio": ratio}
+        # what a trainer on an accelerator runs: uint8 batches, scaled to [-1, 1] on the device
+        loader = VideoShardsDataModule(**kw).train_dataloader()
+        loader.normalize_on_device = True
+        with _clock(wall["device"], cpu["device"]):
+            sum(len(b["meta"]) for b in loader)
+    device_ratio = float(np.median([d / lo for d, lo in zip(cpu["decode"], cpu["device"])]))
+    wall_ratio = float(np.median([d / lo for d, lo in zip(wall["decode"], wall["loader"])]))
+    cpu_ratio = float(np.median([d / lo for d, lo in zip(cpu["decode"], cpu["loader"])]))
+    med = {
+        k: float(np.median(v))
+        for k, v in (
+            ("lw", wall["loader"]),
+            ("dw", wall["decode"]),
+            ("lc", cpu["loader"]),
+            ("dc", cpu["decode"]),
+        )
+    }
+    print(f"{len(jobs)} clips of {frames}x{side}x{side} from {h}x{w}, {workers} processes each, median of {repeats} pairs:\n"
+          f"  wall: loader {len(jobs) / med['lw']:.1f} clips/s, bare decord {len(jobs) / med['dw']:.1f} clips/s, ratio {wall_ratio:.3f}\n"
+          f"  CPU:  loader {1000 * med['lc'] / len(jobs):.1f} ms/clip, bare decord {1000 * med['dc'] / len(jobs):.1f} ms/clip, "
+          f"ratio {cpu_ratio:.3f}  (clips per CPU-second, ours / decode)\n"
+          f"  CPU, scaling to [-1, 1] left to the device (trainer on an accelerator): ratio {device_ratio:.3f}")  # fmt: skip
+    loader_cps, decode_cps = len(jobs) / med["lw"], len(jobs) / med["dw"]
+    return {"loader_clips_per_s": loader_cps, "decode_clips_per_s": decode_cps, "wall_ratio": wall_ratio,
+            "cpu_ratio": cpu_ratio, "cpu_ratio_device_scaling": device_ratio, "loader_cpu_ms_per_clip": 1000 * med["lc"] / len(jobs),
+            "decode_cpu_ms_per_clip": 1000 * med["dc"] / len(jobs)}  # fmt: skip
 
 
 def mixed_shapes(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -144,7 +184,7 @@ def utilisation(root: Path, *, clips: int, budget: int) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clips", type=int, default=40, help="clips for the speed test")
+    p.add_argument("--clips", type=int, default=64, help="clips for the speed test")
     p.add_argument("--mixed", type=int, default=400, help="clips in the mixed-shape corpus")
     p.add_argument("--budget", type=int, default=16384, help="tokens per batch")
     p.add_argument("--workers", type=int, default=2)
@@ -161,7 +201,7 @@ def main(argv=None) -> dict:
         commit = None
     result = {
         "metrics": {
-            "loader_vs_decode": {"value": speed["ratio"], "goal": 0.8, "higher_is_better": True},
+            "loader_vs_decode": {"value": speed["cpu_ratio"], "goal": 0.8, "higher_is_better": True},
             "padding_utilization": {"value": util["padding"], "goal": None, "higher_is_better": True},
             "bucketing_utilization": {"value": util["bucketing"], "goal": None, "higher_is_better": True},
             "packing_utilization": {"value": util["packing"], "goal": 0.97, "higher_is_better": True},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
@@ -26,21 +27,39 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.
     return proto.new(proto._typed_storage()._new_shared(math.prod(shape))).view(shape)
 
 
+def _scale_(x: torch.Tensor) -> torch.Tensor:
+    """In place: float values v in [0, 255] -> v / 127.5 - 1."""
+    if x.device.type == "cpu" and x.is_contiguous():  # numpy: ~1.8x faster single-threaded here
+        a = x.numpy()
+        np.multiply(a, np.float32(1 / 127.5), out=a)
+        np.subtract(a, np.float32(1.0), out=a)
+        return x
+    return x.mul_(1 / 127.5).sub_(1.0)
+
+
 def _to_unit(video: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Write `video` into `out`: uint8 -> float in [-1, 1] when `out` is float, else a plain copy."""
     out.copy_(video)  # gathers a strided view (and casts) in one pass
-    return out.mul_(1 / 127.5).sub_(1.0) if video.dtype == torch.uint8 and out.is_floating_point() else out
+    return _scale_(out) if video.dtype == torch.uint8 and out.is_floating_point() else out
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """uint8 -> a new float tensor in [-1, 1] (one cast pass + one in-place pass on the CPU)."""
+    if v.device.type == "cpu" and v.is_contiguous():
+        out = np.empty(tuple(v.shape), np.float32)
+        np.multiply(v.numpy(), np.float32(1 / 127.5), out=out, casting="unsafe")
+        np.subtract(out, np.float32(1.0), out=out)
+        return torch.from_numpy(out)
+    return v.float().mul_(1 / 127.5).sub_(1.0)
 
 
 def to_unit(batch: dict) -> dict:
     """A batch whose `video` / `videos` travel as uint8 (4x less to move between processes and to
     the GPU) made float in [-1, 1], on whatever device they are; float batches pass unchanged."""
     if "video" in batch and batch["video"].dtype == torch.uint8:
-        batch["video"] = batch["video"].float().mul_(1 / 127.5).sub_(1.0)  # (B, 3, T, H, W)
+        batch["video"] = _unit(batch["video"])  # (B, 3, T, H, W)
     if "videos" in batch:
-        batch["videos"] = [
-            v.float().mul_(1 / 127.5).sub_(1.0) if v.dtype == torch.uint8 else v for v in batch["videos"]
-        ]
+        batch["videos"] = [_unit(v) if v.dtype == torch.uint8 else v for v in batch["videos"]]
     return batch
 
 
