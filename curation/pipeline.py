@@ -652,14 +652,15 @@ def run(cfg: CurateConfig) -> dict:
         raise FileNotFoundError(
             f"no video files found in raw={cfg.raw!r} (extensions: mp4 mov mkv webm avi m4v)"
         )
-    unique: dict[str, Source] = {}
+    unique: dict[str, Source] = {}  # content hash -> the first source with those bytes
     for s in sources:
-        unique.setdefault(s.source_id, s)
+        unique.setdefault(s.sha256 or s.source_id, s)
+    originals = {s.source_id: s for s in unique.values()}
     done, changed = load_records(out, list(unique.values()), chash, cfg.on_config_change)
     _write_atomic(
         out / "run.json", json.dumps({"config_hash": chash, "config": to_dict(cfg)}, indent=1, default=str)
     )
-    todo = [s for sid, s in unique.items() if sid not in done]
+    todo = [s for sid, s in originals.items() if sid not in done]
     tasks = [{"source": asdict(s), "cfg": cfg, "out": str(out), "config_hash": chash} for s in todo]
     on_crash = _crash_record(out, chash)
     if cfg.executor == "ray":
@@ -684,17 +685,24 @@ def run(cfg: CurateConfig) -> dict:
         bar.update()
         bar.set_postfix(counts)
     bar.close()
-    records = [done[sid] for sid in unique]
-    for s in sources:  # byte-identical copies keep a row of their own
-        if unique[s.source_id].path != s.path:
+    records = [done[sid] for sid in originals]
+    for s in sources:  # byte-identical copies: one source (never in both splits), each keeps a row
+        first = unique[s.sha256 or s.source_id]
+        if first.path != s.path:
             records.append(
                 {
-                    **done[s.source_id],
+                    "source_id": s.source_id,
                     "path": s.path,
+                    "sha256": s.sha256,
+                    "config_hash": chash,
                     "status": "rejected",
+                    "reason": f"same content as {first.path}",
+                    "probe": done[first.source_id].get("probe"),
+                    "num_scenes": 0,
+                    "cuts": [],
                     "clips": [],
-                    "reason": f"same content as {unique[s.source_id].path}",
-                    "duplicate_of": True,
+                    "corrupt_packets": 0,
+                    "elapsed_s": 0.0,
                 }
             )
     if cfg.caption.enabled:

@@ -291,3 +291,19 @@ def test_a_captioning_failure_drops_that_sources_clips_only(synthetic_dir, tmp_p
     others = [c for c in clips if not c["key"].startswith(victim) and c["kept"]]
     assert others and all(c["clip_score"] is not None for c in others)
     assert set(samples(out)) == {c["key"] for c in others}
+
+
+def test_byte_identical_copies_are_one_source(synthetic_dir, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    v = sorted(synthetic_dir.glob("*.mp4"))[0]
+    (raw / "a.mp4").write_bytes(v.read_bytes())
+    (raw / "copy of a.mp4").write_bytes(v.read_bytes())
+    curate(raw, tmp_path / "out")
+    by_name = {Path(r["path"]).name: r for r in rows(tmp_path / "out", "sources")}
+    assert by_name["a.mp4"]["status"] == "ok"
+    assert (
+        by_name["copy of a.mp4"]["status"] == "rejected"
+        and "same content" in by_name["copy of a.mp4"]["reason"]
+    )
+    assert len({c["source_id"] for c in rows(tmp_path / "out", "clips")}) == 1
