@@ -92,7 +92,6 @@ class ClipsConfig:
     dark_level: float = _f(12.0, "frames whose mean luma is below this count as black (fades)")
     thumb_frames: int = _f(4, "frames in each clip's thumbnail strip (thumbs/<key>.jpg)")
     thumb_height: int = _f(64, "height of the thumbnail strip")
-    caption_frames: int = _f(4, "kept frames passed to the captioner and phash per clip")
 
 
 @dataclass

@@ -287,7 +287,9 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             duration=r.num_frames / r.fps,
         )
         # K frames for the captioner and the perceptual hash, stored as one JPEG strip
-        frames = [f for _, f in a.kept_frames(row["start_frame"], row["end_frame"], cfg.clips.caption_frames)]
+        frames = [
+            f for _, f in a.kept_frames(row["start_frame"], row["end_frame"], cfg.caption.frames_per_clip)
+        ]
         if frames:
             h = min(f.shape[0] for f in frames)
             tiles = [
