@@ -40,9 +40,9 @@ validation list is an error, and a training sample whose json says ``split != "t
 dropped and counted (``heldout``).
 
 Videos cross from the workers as uint8 (4x less to move) and become the contract's float in
-[-1, 1] in the loader's iterator, or, when the trainer runs on an accelerator, on the device in
-`on_after_batch_transfer` (so the LightningModule always sees float; direct users of the loader
-too).
+[-1, 1] in the loader's iterator, or, for the training loader of a trainer on an accelerator, on
+the device in `on_after_batch_transfer` (so the LightningModule always sees float, and so does
+anyone iterating the val/test loaders directly).
 
 Counters (corrupt, short, heldout, no_bucket, shard_errors, samples, batches, tokens, budget)
 live in shared memory; each epoch they are printed on rank zero and written to the trainer's
@@ -751,7 +751,10 @@ class VideoShardsDataModule(L.LightningDataModule):
             persistent_workers=False,
         )
         trainer = self.trainer
-        loader.normalize_on_device = bool(trainer is not None and trainer.strategy.root_device.type != "cpu")
+        # training only: evaluation callbacks may iterate val/test loaders themselves and need float
+        loader.normalize_on_device = bool(
+            train and trainer is not None and trainer.strategy.root_device.type != "cpu"
+        )
         return loader
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
