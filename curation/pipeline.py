@@ -377,10 +377,14 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
 # ----------------------------------------------------------------------------- stage 3: finalize
 
 
+def _unit(source_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the source id."""
+    return int(hashlib.sha256(source_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
 def split_of(source_id: str, val_fraction: float) -> str:
     """'val' for a deterministic `val_fraction` of source ids (by hash), else 'train'."""
-    u = int(hashlib.sha256(source_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
-    return "val" if u < val_fraction else "train"
+    return "val" if _unit(source_id) < val_fraction else "train"
 
 
 def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> dict:
@@ -441,8 +445,16 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
                     duplicate_of=dropped[c["key"]],
                 )
     # split by source
+    by_sid = {r["source_id"]: r for r in records if r["status"] == "ok"}
     for rec in records:
         rec["split"] = split_of(rec["source_id"], cfg.val_fraction) if rec["status"] == "ok" else None
+    with_clips = sorted({c["source_id"] for c in clips if c["kept"]}, key=_unit)
+    if (
+        cfg.val_fraction > 0
+        and len(with_clips) >= 2
+        and not any(by_sid[s]["split"] == "val" for s in with_clips)
+    ):
+        by_sid[with_clips[0]]["split"] = "val"  # few sources: hold out at least the lowest-hash one
     split = {r["source_id"]: r["split"] for r in records if r["status"] == "ok"}
     for c in clips:
         c["split"] = split.get(c["source_id"])

@@ -307,3 +307,13 @@ def test_byte_identical_copies_are_one_source(synthetic_dir, tmp_path):
         and "same content" in by_name["copy of a.mp4"]["reason"]
     )
     assert len({c["source_id"] for c in rows(tmp_path / "out", "clips")}) == 1
+
+
+def test_small_sets_still_get_a_held_out_source(synthetic_dir, tmp_path):
+    def splits(out):
+        return {r["source_id"]: r["split"] for r in rows(out, "sources") if r["num_kept"]}
+
+    got = splits(tmp_path / "a") if curate(synthetic_dir, tmp_path / "a", "val_fraction=0.001") else None
+    assert list(got.values()).count("val") == 1 and len(got) >= 2
+    curate(synthetic_dir, tmp_path / "b", "val_fraction=0")
+    assert set(splits(tmp_path / "b").values()) == {"train"}
