@@ -313,7 +313,8 @@ def test_small_sets_still_get_a_held_out_source(synthetic_dir, tmp_path):
     def splits(out):
         return {r["source_id"]: r["split"] for r in rows(out, "sources") if r["num_kept"]}
 
-    got = splits(tmp_path / "a") if curate(synthetic_dir, tmp_path / "a", "val_fraction=0.001") else None
+    curate(synthetic_dir, tmp_path / "a", "val_fraction=0.001")
+    got = splits(tmp_path / "a")
     assert list(got.values()).count("val") == 1 and len(got) >= 2
     curate(synthetic_dir, tmp_path / "b", "val_fraction=0")
     assert set(splits(tmp_path / "b").values()) == {"train"}
