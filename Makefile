@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
-EXTRAS  ?= dev,ray
+EXTRAS  ?= dev,ray,vae
 
 RAW     ?= demo_out/raw
 OUT     ?= demo_out/curated

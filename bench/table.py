@@ -22,9 +22,15 @@ def main() -> None:
         for name, m in r.get("metrics", {}).items():
             value, goal = m.get("value"), m.get("goal")
             higher = m.get("higher_is_better", True)
-            met = "-" if goal is None or value is None else ("yes" if (value >= goal if higher else value <= goal) else "NO")
+            met = (
+                "-"
+                if goal is None or value is None
+                else ("yes" if (value >= goal if higher else value <= goal) else "NO")
+            )
             fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
-            print(f"{f.stem:<12} {name:<34} {fmt(value):>10} {fmt(goal):>8}  {met:<5} {str(r.get('commit', ''))[:8]}")
+            print(
+                f"{f.stem:<12} {name:<34} {fmt(value):>10} {fmt(goal):>8}  {met:<5} {str(r.get('commit', ''))[:8]}"
+            )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.collate import collate_bucketed, collate_packed
 from datamodules.packing import TokenGrid, first_fit_decreasing
+from datamodules.resumable import EpochShuffleSampler, ResumableLoaderMixin
 
 _DIRECTIONS = ["right", "left", "down", "up", "down-right", "up-left", "down-left", "up-right"]
 _VELOCITY = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (-1, 1), (1, -1)]
@@ -100,6 +101,13 @@ class _BatchList(Dataset):
                 }
             )
         return (collate_packed if self.packed else collate_bucketed)(samples)
+
+
+class _TrainLoader(ResumableLoaderMixin, DataLoader):
+    """The training loader: (seed, epoch)-shuffled batches that resume exactly mid-epoch."""
+
+    def __iter__(self):
+        return self._resumable(super().__iter__())
 
 
 class SyntheticVideoDataModule(L.LightningDataModule):
@@ -196,10 +204,11 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
         ds = _BatchList(self.plan(split), packed=self.hparams.mode == "packed", fps=self.hparams.fps)
-        return DataLoader(
+        sampler = EpochShuffleSampler(len(ds), seed=self.hparams.seed) if shuffle else None
+        return (_TrainLoader if shuffle else DataLoader)(
             ds,
             batch_size=None,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             persistent_workers=False,
         )

@@ -73,6 +73,7 @@ from datamodules.buckets import Bucket, BucketBatcher, Buckets, key_rng
 from datamodules.collate import collate_bucketed, collate_packed, to_unit
 from datamodules.decode import IMAGE_FIELDS, decode_image, decode_video, probe_video
 from datamodules.packing import StreamPacker, TokenGrid
+from datamodules.resumable import ResumableLoaderMixin
 from datamodules.sampling import ShortPolicy, frame_indices, max_frames, sampling_step
 from datamodules.shards import expand_shards, raw_samples, scan_metadata
 from datamodules.transforms import cover_size, crop_offsets, to_tensor
@@ -468,8 +469,11 @@ def make_buckets(o: Options, grid: TokenGrid) -> Buckets:
     )
 
 
-class EpochLoader(DataLoader):
-    """A DataLoader that tells its dataset the epoch before each pass (Lightning only tells samplers)."""
+class EpochLoader(ResumableLoaderMixin, DataLoader):
+    """A DataLoader that tells its dataset the epoch before each pass (Lightning only tells samplers).
+
+    Its stream is a pure function of (seed, epoch), so it resumes exactly mid-epoch (resumable.py).
+    """
 
     def __init__(
         self,
@@ -490,7 +494,7 @@ class EpochLoader(DataLoader):
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         self.dataset.set_epoch(self._count if epoch is None else epoch)
         self._count += 1
-        it = super().__iter__()
+        it = self._resumable(super().__iter__())
         # workers ship uint8; the contract's float [-1, 1] is made here, or on the GPU after transfer
         return it if self.normalize_on_device else map(to_unit, it)
 

@@ -2,8 +2,8 @@
 the same weights, EMA, optimizer state and LR schedule as an uninterrupted run.
 
 Mid-epoch resume needs a resumable train loader (Lightning restores loaders that implement
-`state_dict` / `load_state_dict`); `_ResumableSynthetic` gives the synthetic data one: a per-epoch
-seeded shuffle that skips the batches already consumed.
+`state_dict` / `load_state_dict`): the stock `SyntheticVideoDataModule` has one
+(datamodules/resumable.py), and so does `VideoShardsDataModule` (tests/test_data_resume.py).
 """
 
 from __future__ import annotations
@@ -13,40 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from datamodules.synthetic import SyntheticVideoDataModule, _BatchList
+from datamodules.synthetic import SyntheticVideoDataModule
 from lightning_modules.callbacks import EMA
 from lightning_modules.video_diffusion import VideoDiffusion
-
-
-class _ResumableBatches:
-    """Batches of a dataset in a (seed, epoch)-seeded order; its state is (epoch, batches taken)."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch, self.taken = dataset, seed, 0, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self):
-        order = torch.randperm(
-            len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
-        for i in order[self.taken :].tolist():
-            self.taken += 1
-            yield self.dataset[i]
-        self.epoch, self.taken = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "taken": self.taken}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.taken = state["epoch"], state["taken"]
-
-
-class _ResumableSynthetic(SyntheticVideoDataModule):
-    def train_dataloader(self):
-        ds = _BatchList(self.plan("train"), packed=self.hparams.mode == "packed", fps=self.hparams.fps)
-        return _ResumableBatches(ds, seed=self.hparams.seed)
 
 
 def _run(tmp_path, *, max_steps: int, ckpt_path=None, every: int | None = None):
@@ -60,7 +29,7 @@ def _run(tmp_path, *, max_steps: int, ckpt_path=None, every: int | None = None):
         warmup_steps=3,
         lr_schedule="cosine",
     )
-    data = _ResumableSynthetic(
+    data = SyntheticVideoDataModule(
         num_samples=20,
         num_val_samples=4,
         num_frames=4,

@@ -1,0 +1,58 @@
+"""Exact mid-epoch resume for training loaders.
+
+Lightning restores a train loader mid-epoch only when the loader has `state_dict` /
+`load_state_dict` (it saves that state in the checkpoint and loads it before the resumed epoch
+starts). Our training loaders yield a batch stream that is a pure function of (seed, epoch): the
+synthetic module shuffles with a (seed, epoch) sampler, the shard module draws everything from
+(seed, epoch, rank, worker). So the state is one number, the batches already taken this epoch, and
+resuming replays the same epoch's stream and drops that many batches first. Dropped batches are
+still produced (decoded), which costs the time of those batches once, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableLoaderMixin:
+    """Mix into a DataLoader subclass before DataLoader; wrap `super().__iter__()` in `_resumable`."""
+
+    _taken = 0  # batches yielded in the current pass
+    _skip = 0  # batches to drop at the start of the next pass (set by load_state_dict)
+
+    def _resumable(self, it) -> Iterator:
+        skip, self._skip, self._taken = self._skip, 0, 0
+        for batch in it:
+            self._taken += 1
+            if self._taken > skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"taken": self._taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("taken", 0))
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of range(n) drawn from (seed, epoch): the same on every rerun of an epoch.
+
+    torch's RandomSampler draws from the global RNG, so a resumed run would shuffle differently.
+    Lightning calls `set_epoch` each epoch (and wraps this sampler for DDP).
+    """
+
+    def __init__(self, n: int, *, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
