@@ -33,24 +33,35 @@ def six(tmp_path_factory):
     return raw
 
 
+def start_and_kill(cmd, delay: float) -> bool:
+    """Run `cmd`, SIGKILL it (and its pool workers) after `delay` s; True if it was still running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    alive = proc.poll() is None
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-write, wherever it is
+    proc.wait()
+    return alive
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(six, tmp_path):
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    """Six random kill points, each on a fresh OUT: kill, rerun and kill again at half the delay,
+    then rerun to the end; every OUT must equal the uninterrupted run."""
+    ref = tmp_path / "ref"
     duration = run_to_end(cli(six, ref))
+    want = snapshot(ref)
     rng = np.random.default_rng(0)
-    kills = 0
-    for delay in sorted(rng.uniform(0.15, 1.0, 6) * duration):
-        proc = subprocess.Popen(
-            cli(six, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its pool workers, mid-write
-            kills += 1
-        proc.wait()
-    assert kills >= 5, f"only {kills} runs were still going when killed; the footage is too small"
-    run_to_end(cli(six, killed))
-    assert snapshot(killed) == snapshot(ref)
+    kills = midway = 0
+    for i, delay in enumerate(sorted(rng.uniform(0.1, 0.85, 6) * duration)):
+        out = tmp_path / f"killed{i}"
+        kills += start_and_kill(cli(six, out), delay)
+        sealed = len(list(out.glob("work/*/record.json")))
+        midway += 0 < sealed and not (out / "report.json").exists()  # killed with work half done
+        start_and_kill(cli(six, out), delay / 2)  # a resumed run killed too
+        run_to_end(cli(six, out))
+        assert snapshot(out) == want, f"kill point {i} ({delay:.2f} s of {duration:.2f} s)"
+    assert kills >= 5 and midway >= 2, f"{kills} runs killed, {midway} of them with sources half done"
 
 
 @pytest.mark.slow
