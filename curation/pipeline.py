@@ -9,85 +9,31 @@ Stages and where their results live (OUT = `cfg.out`):
                   `record.json` (written last, atomically): a rerun skips sealed sources.
   captions        in this process, batched (one model, GPU-friendly): OUT/work/<id>/captions.json
   finalize        from the records alone, deterministically: dedup, split by source, shards,
-                  sources.parquet, clips.parquet, report. A killed run, rerun, ends identical.
+                  sources.parquet, clips.parquet, report (curation/finalize.py). A killed run,
+                  rerun, ends identical. OUT/work/ layout: curation/workdir.py.
 
 Every input gets a sources row and every candidate clip a clips row, whatever happens to it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import os
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curation import executors
 from curation.config import CurateConfig, config_hash, to_dict
 from curation.discover import Source, discover
-from curation.schema import PIPELINE_VERSION
+from curation.finalize import caption_sources, finalize
+from curation.workdir import work_dir, write_atomic
 
 log = logging.getLogger("curation")
-
-SOURCE_COLUMNS = [
-    "source_id",
-    "path",
-    "status",
-    "reason",
-    "duration",
-    "fps",
-    "variable_fps",
-    "num_frames",
-    "width",
-    "height",
-    "rotation",
-    "codec",
-    "num_scenes",
-    "num_clips",
-    "num_kept",
-    "seconds_kept",
-    "split",
-    "elapsed_s",
-]
-CLIP_COLUMNS = [
-    "key",
-    "source_id",
-    "scene_index",
-    "clip_index",
-    "start_frame",
-    "end_frame",
-    "start_seconds",
-    "end_seconds",
-    "num_frames",
-    "duration",
-    "fps",
-    "width",
-    "height",
-    "motion_mean",
-    "motion_peak",
-    "frame_diff_mean",
-    "flow_mean",
-    "shift_mean",
-    "kept",
-    "stage",
-    "reason",
-    "clip_score",
-    "caption",
-    "caption_origin",
-    "duplicate_of",
-    "split",
-    "shard",
-    "thumb",
-]
 
 
 class ConfigChanged(RuntimeError):
@@ -95,16 +41,6 @@ class ConfigChanged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def work_dir(out: Path, source_id: str) -> Path:
-    return out / "work" / source_id
 
 
 def source_caption_spans(path: str, csv_caption: str | None) -> list[dict]:
@@ -181,7 +117,7 @@ def process_source(task: dict) -> dict:
             rec["traceback"] = traceback.format_exc(limit=8)
     rec["elapsed_s"] = round(time.time() - t0, 3)
     wd.mkdir(parents=True, exist_ok=True)
-    _write_atomic(wd / "record.json", json.dumps(rec, indent=1))
+    write_atomic(wd / "record.json", json.dumps(rec, indent=1))
     return rec
 
 
@@ -255,7 +191,7 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             frames = a.kept_frames(near, near + 1, 1)
         if frames:
             strip = _strip([f for _, f in frames], cfg.clips.thumb_height)
-            _write_atomic(out / "thumbs" / f"{c.key}.jpg", encode_jpeg(strip))
+            write_atomic(out / "thumbs" / f"{c.key}.jpg", encode_jpeg(strip))
             row["thumb"] = f"thumbs/{c.key}.jpg"
         rows.append(row)
     results = {
@@ -296,311 +232,13 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
                 f if f.shape[0] == h else cv2.resize(f, (round(f.shape[1] * h / f.shape[0]), h))
                 for f in frames
             ]
-            _write_atomic(wd / "frames" / f"{row['key']}.jpg", encode_jpeg(np.concatenate(tiles, axis=1), 95))
+            write_atomic(wd / "frames" / f"{row['key']}.jpg", encode_jpeg(np.concatenate(tiles, axis=1), 95))
             row["caption_frames"] = len(tiles)
             if cfg.dedup.enabled:
                 from curation import dedup
 
                 row["phash"] = int(dedup.phash(np.stack(tiles)))
     rec["clips"] = rows
-
-
-def load_caption_frames(wd: Path, row: dict) -> np.ndarray:
-    """(K, H, W, 3) uint8 RGB frames saved for the captioner."""
-    from curation.analysis import decode_jpeg
-
-    strip = decode_jpeg((wd / "frames" / f"{row['key']}.jpg").read_bytes())
-    k = row.get("caption_frames", 1)
-    w = strip.shape[1] // k
-    return np.stack([strip[:, i * w : (i + 1) * w] for i in range(k)])
-
-
-# ----------------------------------------------------------------------------- stage 2: captions
-
-
-def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: str, progress: bool) -> None:
-    """Caption the kept clips of every record lacking OUT/work/<id>/captions.json (one model)."""
-    todo = []
-    for rec in records:
-        cap_path = work_dir(out, rec["source_id"]) / "captions.json"
-        kept = [c for c in rec["clips"] if c["kept"]]
-        if not kept:
-            continue
-        if cap_path.exists():
-            done = json.loads(cap_path.read_text())
-            if done.get("config_hash") == chash and not done.get("failed"):
-                continue  # captioned before (a failed attempt is retried)
-        todo.append((rec, kept))
-    if not todo:
-        return
-    from curation.captions import Captioner
-
-    captioner = Captioner(cfg.caption)
-    bar = tqdm(total=sum(len(k) for _, k in todo), desc="captions", unit="clip", disable=not progress)
-    per_call = max(1, cfg.caption.batch_size // max(1, cfg.caption.frames_per_clip))
-    for rec, kept in todo:
-        wd = work_dir(out, rec["source_id"])
-        items, results, errors, failed = [], [], {}, False
-        for c in kept:
-            if not (wd / "frames" / f"{c['key']}.jpg").exists():
-                errors[c["key"]] = "no frames kept for captioning (raise analysis.keep_fps)"
-                continue
-            motion = {k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean")}
-            items.append(
-                {
-                    "key": c["key"],
-                    "frames": load_caption_frames(wd, c),
-                    "source_caption": c["source_caption"],
-                    "motion": motion,
-                }
-            )
-        try:
-            for i in range(0, len(items), per_call):
-                results += captioner.caption_clips(items[i : i + per_call])
-                bar.update(len(items[i : i + per_call]))
-        except Exception as e:  # noqa: BLE001 - one source's failure drops its clips, not the run
-            bar.write(f"captioning failed: {rec['path']}: {type(e).__name__}: {e}")
-            errors.update({it["key"]: f"captioning failed: {type(e).__name__}: {e}" for it in items})
-            results, failed = [], True
-        bar.update(len(errors))
-        np.savez(wd / "emb.tmp.npz", **{r["key"]: np.asarray(r["embedding"], np.float16) for r in results})
-        os.replace(wd / "emb.tmp.npz", wd / "emb.npz")
-        caps = {
-            r["key"]: {k: r[k] for k in ("caption", "caption_origin", "clip_score", "caption_candidates")}
-            for r in results
-        }
-        doc = {"config_hash": chash, "clips": caps, "errors": errors, "failed": failed}
-        _write_atomic(wd / "captions.json", json.dumps(doc, indent=1, default=float))
-    bar.close()
-
-
-# ----------------------------------------------------------------------------- stage 3: finalize
-
-
-def _unit(source_id: str) -> float:
-    """A uniform number in [0, 1) fixed by the source id."""
-    return int(hashlib.sha256(source_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
-
-
-def split_of(source_id: str, val_fraction: float) -> str:
-    """'val' for a deterministic `val_fraction` of source ids (by hash), else 'train'."""
-    return "val" if _unit(source_id) < val_fraction else "train"
-
-
-def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> dict:
-    from curation import report
-    from curation.dedup import find_duplicates
-    from curation.shards import write_shards
-
-    records = sorted(records, key=lambda r: (r["source_id"], r["path"]))
-    captions, embeddings, caption_errors = {}, {}, {}
-    for rec in records:
-        wd = work_dir(out, rec["source_id"])
-        if cfg.caption.enabled and (wd / "captions.json").exists() and rec["status"] == "ok":
-            doc = json.loads((wd / "captions.json").read_text())
-            captions.update(doc["clips"])
-            caption_errors.update(doc.get("errors", {}))
-            with np.load(wd / "emb.npz") as z:
-                embeddings.update({k: z[k] for k in z.files})
-    clips = [c for rec in records for c in rec["clips"]]
-    for c in clips:
-        if c["kept"] and c["key"] in caption_errors:
-            c.update(kept=False, stage="caption", reason=caption_errors[c["key"]])
-        cap = captions.get(c["key"])
-        if cap:
-            c.update(
-                caption=cap["caption"],
-                caption_origin=cap["caption_origin"],
-                clip_score=cap["clip_score"],
-                caption_candidates=cap["caption_candidates"],
-            )
-        else:
-            src_cap = c.get("source_caption")
-            c.update(
-                caption=src_cap or "",
-                caption_origin="source" if src_cap else "",
-                clip_score=None,
-                caption_candidates=[{"text": src_cap, "origin": "source", "score": None}] if src_cap else [],
-            )
-        c["duplicate_of"] = None
-    # dedup among kept clips
-    kept = [c for c in clips if c["kept"]]
-    if cfg.dedup.enabled and kept:
-        items = [
-            {
-                "key": c["key"],
-                "embedding": embeddings.get(c["key"]),
-                "phash": c.get("phash"),
-                "quality": c["clip_score"] if c["clip_score"] is not None else c["duration"],
-            }
-            for c in kept
-        ]
-        dropped = find_duplicates(items, cfg.dedup)
-        for c in kept:
-            if c["key"] in dropped:
-                c.update(
-                    kept=False,
-                    stage="dedup",
-                    reason=f"near-duplicate of {dropped[c['key']]}",
-                    duplicate_of=dropped[c["key"]],
-                )
-    # split by source
-    by_sid = {r["source_id"]: r for r in records if r["status"] == "ok"}
-    for rec in records:
-        rec["split"] = split_of(rec["source_id"], cfg.val_fraction) if rec["status"] == "ok" else None
-    with_clips = sorted({c["source_id"] for c in clips if c["kept"]}, key=_unit)
-    if (
-        cfg.val_fraction > 0
-        and len(with_clips) >= 2
-        and not any(by_sid[s]["split"] == "val" for s in with_clips)
-    ):
-        by_sid[with_clips[0]]["split"] = "val"  # few sources: hold out at least the lowest-hash one
-    split = {r["source_id"]: r["split"] for r in records if r["status"] == "ok"}
-    for c in clips:
-        c["split"] = split.get(c["source_id"])
-    # shards
-    by_id = {r["source_id"]: r for r in records if r["status"] == "ok"}
-    samples = []
-    for c in sorted((c for c in clips if c["kept"]), key=lambda c: (c["split"], c["source_id"], c["key"])):
-        rec = by_id[c["source_id"]]
-        meta = {
-            "key": c["key"],
-            "source_id": c["source_id"],
-            "source_path": rec["path"],
-            "source_sha256": rec["sha256"],
-            "start_frame": c["start_frame"],
-            "end_frame": c["end_frame"],
-            "start_seconds": c["start_seconds"],
-            "end_seconds": c["end_seconds"],
-            "fps": c["fps"],
-            "num_frames": c["num_frames"],
-            "width": c["width"],
-            "height": c["height"],
-            "split": c["split"],
-            "pipeline_version": PIPELINE_VERSION,
-            "source_fps": rec["probe"]["fps"],
-            "motion": {
-                k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
-            },
-            "clip_score": c["clip_score"],
-            "caption": c["caption"],
-            "caption_origin": c["caption_origin"],
-            "caption_candidates": c["caption_candidates"],
-        }
-        samples.append(
-            {
-                "key": c["key"],
-                "split": c["split"],
-                "txt": c["caption"],
-                "json": meta,
-                "mp4_path": str(work_dir(out, c["source_id"]) / "clips" / f"{c['key']}.mp4"),
-                "emb": embeddings.get(c["key"]),
-            }
-        )
-    where = write_shards(
-        out, samples, maxcount=cfg.shards.maxcount, maxsize=cfg.shards.maxsize, progress=cfg.progress
-    )
-    for c in clips:
-        c["shard"] = where.get(c["key"])
-    sources_tbl, clips_tbl = tables(records, clips)
-    _write_atomic(out / "sources.parquet", _parquet_bytes(sources_tbl))
-    _write_atomic(out / "clips.parquet", _parquet_bytes(clips_tbl))
-    return report.write_report(out, sources_tbl, clips_tbl, run)
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def tables(records: list[dict], clips: list[dict]) -> tuple[pa.Table, pa.Table]:
-    rows = []
-    for r in records:
-        p = r.get("probe") or {}
-        kept = [c for c in r["clips"] if c["kept"]]
-        rows.append(
-            {
-                "source_id": r["source_id"],
-                "path": r["path"],
-                "status": r["status"],
-                "reason": r["reason"],
-                "duration": p.get("duration"),
-                "fps": p.get("fps"),
-                "variable_fps": p.get("variable_fps"),
-                "num_frames": p.get("num_frames"),
-                "width": p.get("width"),
-                "height": p.get("height"),
-                "rotation": p.get("rotation"),
-                "codec": p.get("codec"),
-                "num_scenes": r["num_scenes"],
-                "num_clips": len(r["clips"]),
-                "num_kept": len(kept),
-                "seconds_kept": float(sum(c["duration"] for c in kept)),
-                "split": r.get("split"),
-                "elapsed_s": r.get("elapsed_s"),
-            }
-        )
-    schema_s = pa.schema(
-        [
-            ("source_id", pa.string()),
-            ("path", pa.string()),
-            ("status", pa.string()),
-            ("reason", pa.string()),
-            ("duration", pa.float64()),
-            ("fps", pa.float64()),
-            ("variable_fps", pa.bool_()),
-            ("num_frames", pa.int64()),
-            ("width", pa.int64()),
-            ("height", pa.int64()),
-            ("rotation", pa.int64()),
-            ("codec", pa.string()),
-            ("num_scenes", pa.int64()),
-            ("num_clips", pa.int64()),
-            ("num_kept", pa.int64()),
-            ("seconds_kept", pa.float64()),
-            ("split", pa.string()),
-            ("elapsed_s", pa.float64()),
-        ]
-    )
-    f64 = pa.float64()
-    types = {
-        "key": pa.string(),
-        "source_id": pa.string(),
-        "scene_index": pa.int64(),
-        "clip_index": pa.int64(),
-        "start_frame": pa.int64(),
-        "end_frame": pa.int64(),
-        "start_seconds": f64,
-        "end_seconds": f64,
-        "num_frames": pa.int64(),
-        "duration": f64,
-        "fps": f64,
-        "width": pa.int64(),
-        "height": pa.int64(),
-        "motion_mean": f64,
-        "motion_peak": f64,
-        "frame_diff_mean": f64,
-        "flow_mean": f64,
-        "shift_mean": f64,
-        "kept": pa.bool_(),
-        "stage": pa.string(),
-        "reason": pa.string(),
-        "clip_score": f64,
-        "caption": pa.string(),
-        "caption_origin": pa.string(),
-        "duplicate_of": pa.string(),
-        "split": pa.string(),
-        "shard": pa.string(),
-        "thumb": pa.string(),
-    }
-    schema_c = pa.schema([(k, types[k]) for k in CLIP_COLUMNS])
-
-    def clean(v):
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    crow = [{k: clean(c.get(k)) for k in CLIP_COLUMNS} for c in clips]
-    return pa.Table.from_pylist(rows, schema=schema_s), pa.Table.from_pylist(crow, schema=schema_c)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -671,7 +309,7 @@ def run(cfg: CurateConfig) -> dict:
         unique.setdefault(s.sha256 or s.source_id, s)
     originals = {s.source_id: s for s in unique.values()}
     done, changed = load_records(out, list(unique.values()), chash, cfg.on_config_change)
-    _write_atomic(
+    write_atomic(
         out / "run.json", json.dumps({"config_hash": chash, "config": to_dict(cfg)}, indent=1, default=str)
     )
     todo = [s for sid, s in originals.items() if sid not in done]
