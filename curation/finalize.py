@@ -125,7 +125,15 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
             r["key"]: {k: r[k] for k in ("caption", "caption_origin", "clip_score", "caption_candidates")}
             for r in results
         }
-        doc = {"config_hash": chash, "clips": caps, "errors": errors, "failed": failed}
+        # the captioner's identity travels with the source's captions, so a resumed run (which may
+        # load no model at all) still knows whether the CLIP weights were random
+        doc = {
+            "config_hash": chash,
+            "clips": caps,
+            "errors": errors,
+            "failed": failed,
+            "info": captioner.info(),
+        }
         write_atomic(wd / "captions.json", json.dumps(doc, indent=1, default=float))
     bar.close()
 
@@ -149,15 +157,19 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
     from curation.shards import write_shards
 
     records = sorted(records, key=lambda r: (r["source_id"], r["path"]))
-    captions, embeddings, caption_errors = {}, {}, {}
+    captions, embeddings, caption_errors, infos = {}, {}, {}, []
     for rec in records:
         wd = work_dir(out, rec["source_id"])
         if cfg.caption.enabled and (wd / "captions.json").exists() and rec["status"] == "ok":
             doc = json.loads((wd / "captions.json").read_text())
             captions.update(doc["clips"])
             caption_errors.update(doc.get("errors", {}))
+            infos.append(doc.get("info") or {})
             with np.load(wd / "emb.npz") as z:
                 embeddings.update({k: z[k] for k in z.files})
+    calibrated = all(i.get("calibrated", True) for i in infos)
+    if infos:
+        run["caption"] = dict(infos[0], calibrated=calibrated)  # report.py prints `uncalibrated`
     clips = [c for rec in records for c in rec["clips"]]
     for c in clips:
         if c["kept"] and c["key"] in caption_errors:
@@ -185,7 +197,8 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
         items = [
             {
                 "key": c["key"],
-                "embedding": embeddings.get(c["key"]),
+                # random CLIP weights give meaningless cosines (they merged distinct clips): use phash
+                "embedding": embeddings.get(c["key"]) if calibrated else None,
                 "phash": c.get("phash"),
                 "quality": c["clip_score"] if c["clip_score"] is not None else c["duration"],
             }
@@ -243,6 +256,8 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
             "caption_origin": c["caption_origin"],
             "caption_candidates": c["caption_candidates"],
         }
+        if c["key"] in captions:
+            meta["clip_calibrated"] = calibrated
         samples.append(
             {
                 "key": c["key"],

@@ -248,6 +248,15 @@ def test_captioning_with_a_tiny_local_model(synthetic_dir, tmp_path):
         emb = np.load(io.BytesIO(s["emb.npy"]))
         assert emb.dtype == np.float16 and emb.ndim == 1
         assert s["txt"].decode() == meta["caption"] and meta["caption_candidates"]
+        assert meta["clip_calibrated"] is False  # random tiny weights, said in every sample
+    report = json.loads((out / "report.json").read_text())
+    assert report["clip_calibrated"] is False and "uncalibrated" in report["warning"]
+    assert "uncalibrated" in (out / "report.html").read_text()
+    # random embeddings must not merge distinct scenes: dedup falls back to the perceptual hash,
+    # so the kept clips equal those of a run without captioning
+    plain = curate(synthetic_dir, tmp_path / "plain")
+    assert plain["num_ok"] == 4
+    assert {c["key"] for c in kept} == {c["key"] for c in rows(tmp_path / "plain", "clips") if c["kept"]}
 
 
 def test_missing_caption_weights_fail_before_any_processing(synthetic_dir, tmp_path):
