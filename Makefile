@@ -8,8 +8,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 EXTRAS  ?= dev,ray,vae
 
-RAW     ?= demo_out/raw
-OUT     ?= demo_out/curated
+DEMO    ?= demo_out
+RAW     ?= $(DEMO)/raw
+OUT     ?= $(DEMO)/curated
 CONFIG  ?=
 EXP     ?= debug
 CKPT    ?=
@@ -20,9 +21,6 @@ PROTOCOL ?= fvd2048_16f
 REPORT  ?= eval_report.json
 ARGS    ?=
 
-# $(call need,<python module>,<what>,<issue>): stop with a clear message until that part is built
-need = $(PY) -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('$(1)') else 3)" 2>/dev/null \
-	|| { echo "make: '$(2)' is not built yet (module $(1), issue $(3))." >&2; exit 2; }
 
 .PHONY: help setup test test-full lint curate train sample eval demo bench clean
 
@@ -48,34 +46,33 @@ lint: setup ## ruff check (lint) over the whole tree
 	$(VENV)/bin/ruff check .
 
 curate: setup ## curate raw footage into shards: make curate RAW=<dir|glob|list> OUT=<dir> [CONFIG=x.yaml] [ARGS="k=v"]
-	@$(call need,curation.pipeline,curate,#3)
 	$(PY) -m curation $(CONFIG) raw=$(RAW) out=$(OUT) $(ARGS)
 
 train: setup ## train a model: make train EXP=debug [ARGS="--trainer.max_steps=10"]
-	@$(call need,lightning_modules.video_diffusion,train,#5)
 	$(PY) -m lightning_modules fit --config configs/train/$(EXP).yaml $(ARGS)
 
 sample: setup ## sample videos from a checkpoint: make sample CKPT=path.ckpt [ARGS="--task predict"]
-	@$(call need,lightning_modules.sample,sample,#5)
 	$(PY) -m lightning_modules.sample --ckpt $(CKPT) $(ARGS)
 
 eval: setup ## FVD/FID/IS report: make eval REAL=<shards|dir> FAKE=<dir|ckpt> [METRICS=fvd,fid] [PROTOCOL=...]
-	@$(call need,lightning_modules.evaluate,eval,#6)
 	$(PY) -m lightning_modules.evaluate --real $(REAL) --fake $(FAKE) --metrics $(METRICS) \
 		--protocol $(PROTOCOL) --out $(REPORT) $(ARGS)
 
-demo: setup ## end to end on synthetic footage: generate -> curate -> train -> sample -> eval
-	$(PY) -m curation.synthetic $(RAW) --videos 6 --seed 0
-	@$(call need,curation.pipeline,demo: curate,#3)
-	$(PY) -m curation $(CONFIG) raw=$(RAW) out=$(OUT) caption.enabled=false $(ARGS)
-	@$(call need,lightning_modules.video_diffusion,demo: train,#5)
-	$(PY) -m lightning_modules fit --config configs/train/demo.yaml
-	@$(call need,lightning_modules.evaluate,demo: eval,#6)
-	@echo "demo: done"
+demo: setup ## end to end on synthetic footage: generate -> curate -> train -> sample -> evaluate (CPU, minutes)
+	$(PY) -m curation.synthetic $(DEMO)/raw --videos 6 --seed 0
+	$(PY) -m curation configs/curate/synthetic.yaml raw=$(DEMO)/raw out=$(DEMO)/curated caption.enabled=false $(ARGS)
+	$(PY) -m lightning_modules fit --config configs/train/demo.yaml --data.init_args.data_dir=$(DEMO)/curated
+	$(PY) -m lightning_modules.sample --ckpt runs/demo/checkpoints/last.ckpt --task predict \
+		--given $(DEMO)/raw/*.mp4 --given-frames 2 --frames 10 --num 4 --out $(DEMO)/samples
+	$(PY) -m lightning_modules.evaluate --real $(DEMO)/curated --fake $(DEMO)/samples --metrics fvd \
+		--protocol fvd2048_16f --num-real 4 --num-fake 4 --num-frames 10 --allow-random-detector \
+		--out $(DEMO)/eval_report.json
+	@echo "demo: curated $(DEMO)/curated (report.html), checkpoint runs/demo/checkpoints/last.ckpt,"
+	@echo "      samples $(DEMO)/samples, FVD report $(DEMO)/eval_report.json (random detector: uncalibrated)"
 
 bench: setup ## run the benchmarks in bench/ and print one table of their ratios
 	@for b in bench/*.py; do [ "$$b" = bench/table.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
 	$(PY) bench/table.py
 
 clean: ## remove demo outputs and caches (keeps .venv)
-	rm -rf demo_out lightning_logs .pytest_cache .ruff_cache
+	rm -rf $(DEMO) runs lightning_logs samples .pytest_cache .ruff_cache
