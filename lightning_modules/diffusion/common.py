@@ -58,6 +58,17 @@ def call_model(model, x, t, mask, model_kwargs):
     return model(x, t, mask=mask, **kwargs)
 
 
+def add_noise(q_sample, x0, t, noise=None):
+    """(noise, x_t) for x0 (B, C, T, H, W) or a packed list of (C, T_i, H_i, W_i), drawing the noise
+    when not given; `q_sample(x0 (B, ...), t (B,), noise)` is the objective's forward process."""
+    packed = isinstance(x0, (list, tuple))
+    if noise is None:
+        noise = [torch.randn_like(x) for x in x0] if packed else torch.randn_like(x0)
+    if not packed:
+        return noise, q_sample(x0, t, noise)
+    return noise, [q_sample(x[None], t[i : i + 1], n[None])[0] for i, (x, n) in enumerate(zip(x0, noise))]
+
+
 def per_sample(fn, *args):
     """Apply fn(x (B, ...), ..., t (B,)) to a tensor batch, or sample by sample to lists.
     Tensors in args that are not lists are sliced per sample (their first dim is the batch)."""

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import bcast, call_model, masked_mean, with_given
+from .common import add_noise, bcast, call_model, masked_mean, with_given
 
 
 def shift_timesteps(t: torch.Tensor, ratio) -> torch.Tensor:
@@ -84,14 +84,7 @@ class RectifiedFlow:
         """Same contract as GaussianDiffusion.training_losses; t (B,) float in [0, 1].
         Returns {"loss": (B,), "mse": (B,), "x_t": ..., "pred": ...}."""
         packed = isinstance(x0, (list, tuple))
-        if noise is None:
-            noise = [torch.randn_like(x) for x in x0] if packed else torch.randn_like(x0)
-        if packed:
-            x_t = [
-                self.q_sample(x[None], t[i : i + 1], n[None])[0] for i, (x, n) in enumerate(zip(x0, noise))
-            ]
-        else:
-            x_t = self.q_sample(x0, t, noise)
+        noise, x_t = add_noise(self.q_sample, x0, t, noise)
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
         if packed:
             mse = torch.cat(

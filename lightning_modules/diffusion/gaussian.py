@@ -14,6 +14,7 @@ import math
 import torch
 
 from .common import (
+    add_noise,
     bcast,
     call_model,
     discretized_gaussian_log_likelihood,
@@ -235,14 +236,7 @@ class GaussianDiffusion:
         True = given (the network sees x0 there and those positions carry no loss).
         Returns {"loss": (B,), "mse": (B,), ["vb": (B,)], "x_t": ..., "pred": ...}."""
         packed = isinstance(x0, (list, tuple))
-        if noise is None:
-            noise = [torch.randn_like(x) for x in x0] if packed else torch.randn_like(x0)
-        if packed:
-            x_t = [
-                self.q_sample(x[None], t[i : i + 1], n[None])[0] for i, (x, n) in enumerate(zip(x0, noise))
-            ]
-        else:
-            x_t = self.q_sample(x0, t, noise)
+        noise, x_t = add_noise(self.q_sample, x0, t, noise)
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
         if not packed:
             terms = self._loss_terms(out, x0, x_t, noise, t, mask)

@@ -87,20 +87,22 @@ def real_statistics(
         if cached is not None:
             info.update(cache=str(cache), cache_hit=True, count=cached.count)
             return cached, info
-    rank, world = dist_info()
-    mine = clips[rank::world]
-    stats = accumulate(
-        detector,
-        iter_clip_batches(mine, batch_size),
-        total=len(mine),
-        desc="real clips",
-        progress=progress,
-        extra=extra,
-    ).all_gather()
+    rank, _ = dist_info()
+    stats = _rank_share_stats(clips, detector, batch_size, "real clips", progress, extra)
     if cache is not None and rank == 0:
         save_stats(cache, stats, key)
     info.update(cache=str(cache) if cache else None, cache_hit=False, count=stats.count)
     return stats, info
+
+
+def _rank_share_stats(clips, detector, batch_size, desc, progress, extra) -> GaussianStats:
+    """Each rank featurises every world-th clip; the statistics are merged over ranks."""
+    rank, world = dist_info()
+    mine = clips[rank::world]
+    batches = iter_clip_batches(mine, batch_size)
+    return accumulate(
+        detector, batches, total=len(mine), desc=desc, progress=progress, extra=extra
+    ).all_gather()
 
 
 def fake_statistics_from_folder(
@@ -129,16 +131,7 @@ def fake_statistics_from_folder(
         short="error",
         what="fake",
     )
-    rank, world = dist_info()
-    mine = clips[rank::world]
-    stats = accumulate(
-        detector,
-        iter_clip_batches(mine, batch_size),
-        total=len(mine),
-        desc="fake clips",
-        progress=progress,
-        extra=extra,
-    ).all_gather()
+    stats = _rank_share_stats(clips, detector, batch_size, "fake clips", progress, extra)
     info.update(source=str(spec), kind=kind, count=stats.count)
     return stats, info
 
