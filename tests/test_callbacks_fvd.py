@@ -226,7 +226,6 @@ def test_video_diffusion_generates_for_the_callback(tmp_path):
     )  # seeded samples
 
 
-@pytest.mark.slow  # four I3D forwards at 224x224: ~10-20 s on a shared CPU
 def test_debug_config_logs_fvd_with_random_i3d(tmp_path):
     """`fit --config configs/train/debug.yaml` + an FVD callback with the random-init I3D stand-in."""
     import yaml

@@ -64,7 +64,6 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(six, tmp_path)
     assert kills >= 5 and midway >= 2, f"{kills} runs killed, {midway} of them with sources half done"
 
 
-@pytest.mark.slow
 def test_local_pool_and_ray_give_identical_outputs(synthetic_dir, tmp_path):
     pytest.importorskip("ray")
     run_to_end(cli(synthetic_dir, tmp_path / "local", "executor=local"))

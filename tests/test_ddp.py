@@ -41,7 +41,7 @@ class RankProbe(Callback):
 """
 
 
-@pytest.mark.slow  # 25-38 s measured on the shared 2-core CPU (three python processes start)
+# ~13 s on an idle 2-core CPU (three python processes start): in the fast suite, an acceptance item
 def test_two_process_ddp_fit_on_cpu(tmp_path):
     (tmp_path / "ddp_probe.py").write_text(PROBE)
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")

@@ -82,7 +82,6 @@ def test_gaussian_diffusion_overfits_one_clip():
         assert psnr(out, x0) >= 20, f"{sampler}: PSNR {psnr(out, x0):.1f} dB"
 
 
-@pytest.mark.slow
 def test_rectified_flow_overfits_one_clip():
     # shift ratio sqrt(16*16 / 64) * sqrt(4) = 4: training and sampling lean towards noise
     f = RectifiedFlow(shift_base_tokens=64)
