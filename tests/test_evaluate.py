@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -15,6 +13,7 @@ import webdataset as wds
 from torch import nn
 
 from curation import schema
+from datamodules.synthetic import encode_mp4
 from lightning_modules import evaluate
 from lightning_modules.metrics.cache import StatsCacheMismatch, cache_key, load_stats, save_stats
 from lightning_modules.metrics.detectors import FVDDetector
@@ -35,19 +34,6 @@ def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
         y, x = (3 + t) % (size - 8), (5 + 2 * t * (seed + 1)) % (size - 8)
         frames[t, y : y + 8, x : x + 8] = color
     return frames
-
-
-def encode_mp4(frames: np.ndarray, fps: int = 24) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
 
 
 def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> None:
