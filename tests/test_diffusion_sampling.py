@@ -203,3 +203,58 @@ def test_sampling_is_deterministic_for_a_seed():
     b = sample(model, d, (1, 3, 2, 8, 8), sampler="ddpm", steps=4, generator=torch.Generator().manual_seed(1))
     c = sample(model, d, (1, 3, 2, 8, 8), sampler="ddpm", steps=4, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_one_reverse_step_at_t_gt_0_matches_the_closed_form(prediction):
+    """An oracle samples exactly whatever the step math is (the last step returns its x0), so
+    check one DDPM and one DDIM step in the middle of the chain against the formulas, with the
+    schedule recomputed here from the betas in float64."""
+    from lightning_modules.diffusion.gaussian import make_betas
+    from lightning_modules.diffusion.samplers import _gaussian_step
+
+    d = GaussianDiffusion(prediction=prediction)
+    betas = make_betas("linear", 1000).double()
+    ab = torch.cumprod(1 - betas, 0)
+    i = 500
+    a_t, a_prev, beta = ab[i], ab[i - 1], betas[i]
+    g = torch.Generator().manual_seed(3)
+    x0_hat = torch.rand(2, 3, 2, 4, 4, generator=g, dtype=torch.float64) - 0.5  # inside the clip range
+    x_t = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    eps_hat = (x_t - a_t.sqrt() * x0_hat) / (1 - a_t).sqrt()
+    out = x0_hat if prediction == "x0" else eps_hat
+    t = torch.full((2,), i, dtype=torch.long)
+
+    ddim = _gaussian_step(d, "ddim", x_t, out, t, 0.0, None)
+    torch.testing.assert_close(ddim, a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat, rtol=1e-6, atol=1e-6)
+
+    mean = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
+    var = beta * (1 - a_prev) / (1 - a_t)  # the posterior ("small") variance
+    noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(9)).to(x_t)
+    ddpm = _gaussian_step(d, "ddpm", x_t, out, t, 0.0, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(ddpm, mean + var.sqrt() * noise, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["eps", "flow"])
+def test_packed_clip_with_no_mask_means_nothing_given(name):
+    """A None entry in a packed mask list (documented: nothing given in that clip) works in the
+    network, the loss and the sampler, and equals an all-False mask."""
+    d, model = OBJECTIVES[name](), tiny()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 2, 8, 4, generator=g)]
+    noise = [torch.randn_like(x) for x in xs]
+    t = torch.tensor([10, 700]) if name != "flow" else torch.tensor([0.3, 0.8])
+    none = [predict_mask(4, 8, 8, 1), None]
+    zero = [predict_mask(4, 8, 8, 1), torch.zeros(1, 2, 8, 4, dtype=torch.bool)]
+    a = d.training_losses(model, xs, t, mask=none, noise=noise)["loss"]
+    b = d.training_losses(model, xs, t, mask=zero, noise=noise)["loss"]
+    torch.testing.assert_close(a, b)
+    sampler = "euler" if name == "flow" else "ddim"
+    shapes = [tuple(x.shape) for x in xs]
+    outs = [
+        sample(model, d, shapes, sampler=sampler, steps=2, given=[xs[0], g], mask=m,
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+        for g, m in ((None, none), (torch.zeros_like(xs[1]), zero))
+    ]
+    for o1, o2 in zip(*outs):
+        torch.testing.assert_close(o1, o2)

@@ -69,24 +69,6 @@ def add_noise(q_sample, x0, t, noise=None):
     return noise, [q_sample(x[None], t[i : i + 1], n[None])[0] for i, (x, n) in enumerate(zip(x0, noise))]
 
 
-def per_sample(fn, *args):
-    """Apply fn(x (B, ...), ..., t (B,)) to a tensor batch, or sample by sample to lists.
-    Tensors in args that are not lists are sliced per sample (their first dim is the batch)."""
-    if not isinstance(args[0], (list, tuple)):
-        return fn(*args)
-    out = []
-    for i in range(len(args[0])):
-        item = [
-            (a[i][None] if a[i] is not None else None)
-            if isinstance(a, (list, tuple))
-            else (a[i : i + 1] if isinstance(a, torch.Tensor) else a)
-            for a in args
-        ]
-        res = fn(*item)
-        out.append(res)
-    return out
-
-
 def with_given(x, given, mask):
     """x where generated, given where mask is True (tensor or lists)."""
     if mask is None:

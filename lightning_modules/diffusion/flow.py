@@ -89,7 +89,7 @@ class RectifiedFlow:
         if packed:
             mse = torch.cat(
                 [
-                    masked_mean((n - x - o)[None] ** 2, None if mask is None else mask[i][None])
+                    masked_mean((n - x - o)[None] ** 2, None if mask is None or mask[i] is None else mask[i][None])
                     for i, (o, x, n) in enumerate(zip(out, x0, noise))
                 ]
             )

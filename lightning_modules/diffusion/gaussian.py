@@ -112,14 +112,6 @@ class GaussianDiffusion:
             + self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * noise
         )
 
-    def q_mean_variance(self, x0, t):
-        mean = self._at(self.alphas_cumprod.sqrt(), t, x0) * x0
-        return (
-            mean,
-            self._at(1 - self.alphas_cumprod, t, x0),
-            self._at(torch.log(1 - self.alphas_cumprod), t, x0),
-        )
-
     def q_posterior_mean_variance(self, x0, x_t, t):
         """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x0)."""
         mean = (
@@ -243,7 +235,7 @@ class GaussianDiffusion:
         else:
             per = [
                 self._loss_terms(
-                    o[None], x[None], xt[None], n[None], t[i : i + 1], None if mask is None else mask[i][None]
+                    o[None], x[None], xt[None], n[None], t[i : i + 1], None if mask is None or mask[i] is None else mask[i][None]
                 )
                 for i, (o, x, xt, n) in enumerate(zip(out, x0, x_t, noise))
             ]

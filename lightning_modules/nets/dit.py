@@ -398,7 +398,14 @@ class VideoDiT(nn.Module):
         tokens = [self._patchify(x[None])[0] for x in xs]  # list of (N_i, C*pt*ph*pw)
         h = self.x_embedder(torch.cat(tokens))[None]  # (1, N, D)
         if masks is not None:
-            given = torch.cat([self._given_tokens(m[None], x[None])[0] for m, x in zip(masks, xs)])  # (N,)
+            given = torch.cat(  # (N,); a clip whose mask is None has nothing given
+                [
+                    torch.zeros(n, dtype=torch.long, device=x.device)
+                    if m is None
+                    else self._given_tokens(m[None], x[None])[0]
+                    for m, x, n in zip(masks, xs, layout.sizes)
+                ]
+            )
             h = h + self.mask_embedder(given)[None]
         else:
             h = h + self.mask_embedder.weight[0]
