@@ -18,23 +18,32 @@ from torch.utils.data import Sampler
 
 
 class ResumableLoaderMixin:
-    """Mix into a DataLoader subclass before DataLoader; wrap `super().__iter__()` in `_resumable`."""
+    """Mix into a DataLoader subclass before DataLoader; wrap `super().__iter__()` in
+    `_resumable(it, epoch)`, where `epoch` is the epoch of the pass that is starting.
 
+    The state is (epoch, batches taken in it). A checkpoint written at the end of an epoch says
+    (e, len); the resumed run starts epoch e + 1, which must not skip anything, so the skip only
+    applies to a pass of the same epoch.
+    """
+
+    _epoch = 0  # epoch of the current pass
     _taken = 0  # batches yielded in the current pass
-    _skip = 0  # batches to drop at the start of the next pass (set by load_state_dict)
+    _resume: dict | None = None  # state to honour at the start of the next pass (load_state_dict)
 
-    def _resumable(self, it) -> Iterator:
-        skip, self._skip, self._taken = self._skip, 0, 0
+    def _resumable(self, it, epoch: int) -> Iterator:
+        resume, self._resume = self._resume, None
+        skip = resume["taken"] if resume and resume.get("epoch", epoch) == epoch else 0
+        self._epoch, self._taken = epoch, 0
         for batch in it:
             self._taken += 1
             if self._taken > skip:
                 yield batch
 
     def state_dict(self) -> dict:
-        return {"taken": self._taken}
+        return {"epoch": self._epoch, "taken": self._taken}
 
     def load_state_dict(self, state: dict) -> None:
-        self._skip = int(state.get("taken", 0))
+        self._resume = {"epoch": int(state.get("epoch", 0)), "taken": int(state.get("taken", 0))}
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -106,8 +106,8 @@ class _BatchList(Dataset):
 class _TrainLoader(ResumableLoaderMixin, DataLoader):
     """The training loader: (seed, epoch)-shuffled batches that resume exactly mid-epoch."""
 
-    def __iter__(self):
-        return self._resumable(super().__iter__())
+    def __iter__(self):  # Lightning has set the sampler's epoch before this
+        return self._resumable(super().__iter__(), getattr(self.sampler, "epoch", 0))
 
 
 class SyntheticVideoDataModule(L.LightningDataModule):

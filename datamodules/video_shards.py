@@ -494,7 +494,7 @@ class EpochLoader(ResumableLoaderMixin, DataLoader):
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         self.dataset.set_epoch(self._count if epoch is None else epoch)
         self._count += 1
-        it = self._resumable(super().__iter__())
+        it = self._resumable(super().__iter__(), self.dataset.epoch)
         # workers ship uint8; the contract's float [-1, 1] is made here, or on the GPU after transfer
         return it if self.normalize_on_device else map(to_unit, it)
 

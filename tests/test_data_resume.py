@@ -46,7 +46,7 @@ def test_shard_loader_resumes_mid_epoch(shard_dir, workers):
     it = iter(first)
     head = [_keys(next(it)) for _ in range(2)]
     state = first.state_dict()
-    assert state == {"taken": 2}
+    assert state == {"epoch": 0, "taken": 2}
     resumed = loader()
     resumed.load_state_dict(state)
     rest = [_keys(b) for b in resumed]
@@ -70,3 +70,17 @@ def test_synthetic_loader_resumes_mid_epoch_and_reshuffles_per_epoch():
     other = dm.train_dataloader()
     other.sampler.set_epoch(1)
     assert [_keys(b)[0] for b in other] != full  # a new epoch, a new order (same on every rerun)
+
+
+def test_state_of_a_finished_epoch_skips_nothing_in_the_next():
+    """An end-of-epoch checkpoint holds (epoch e, all batches taken); the resumed run starts e + 1."""
+    dm = SyntheticVideoDataModule(num_samples=12, num_frames=2, height=8, width=8, batch_size=3, seed=5)
+    loader = dm.train_dataloader()
+    n = len(list(loader))
+    assert loader.state_dict() == {"epoch": 0, "taken": n}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    resumed.sampler.set_epoch(1)
+    fresh = dm.train_dataloader()
+    fresh.sampler.set_epoch(1)
+    assert [_keys(b)[0] for b in resumed] == [_keys(b)[0] for b in fresh] and n > 0

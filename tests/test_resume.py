@@ -76,11 +76,23 @@ def _state(trainer, model, ema):
     }
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    # 5 batches per epoch: the resume at step 3 is mid-epoch, and the run crosses an epoch (and a validation)
-    full = _state(*_run(tmp_path / "full", max_steps=8, every=3))
-    ckpt = tmp_path / "full" / "epoch=0-step=3.ckpt"
+END_OF_EPOCH_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="known gap: resuming a checkpoint written on the last batch of an epoch, Lightning 2.6 "
+    "re-enters that epoch (our loader correctly yields nothing) and then counts the epoch twice "
+    "(sampler epoch 2 where the uninterrupted run has 1), so the next epoch's order differs",
+)
+
+
+@pytest.mark.parametrize("stop", [3, pytest.param(5, marks=END_OF_EPOCH_XFAIL)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, stop):
+    # 5 batches per epoch: a resume at step 3 is mid-epoch, one at step 5 starts the next epoch
+    # (what an end-of-epoch checkpoint holds); the run crosses an epoch (and a validation)
+    full = _state(*_run(tmp_path / "full", max_steps=8, every=stop))
+    ckpt = tmp_path / "full" / f"epoch=0-step={stop}.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "full").iterdir())
+    loader_state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state == [{"epoch": 0, "taken": stop}]  # batches trained on, not one prefetched ahead
     resumed = _state(*_run(tmp_path / "resumed", max_steps=8, ckpt_path=ckpt))
     assert resumed["step"] == full["step"] == 8
     assert resumed["sched_epoch"] == full["sched_epoch"] and resumed["lr"] == pytest.approx(full["lr"], abs=0)
