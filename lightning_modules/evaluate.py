@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--no-progress", action="store_true")
     s = p.add_argument_group("sampling from a checkpoint (--fake *.ckpt)")
-    s.add_argument("--height", type=int)
-    s.add_argument("--width", type=int)
+    s.add_argument("--height", type=int, help="sample height (default: the checkpoint's training clips)")
+    s.add_argument("--width", type=int, help="sample width (default: the checkpoint's training clips)")
     s.add_argument("--steps", type=int)
     s.add_argument("--cfg-scale", type=float)
     s.add_argument("--sample-seed", type=int, default=0)
@@ -180,19 +180,21 @@ def evaluate(args) -> dict:
 
     extra = fake_extra if (frame_metrics or video_is) else None
     if str(args.fake).endswith(".ckpt"):
-        if args.height is None or args.width is None:
-            raise ValueError(
-                "sampling from a checkpoint needs --height and --width (the training resolution)"
-            )
         from lightning_modules.video_diffusion import VideoDiffusion
 
         model = VideoDiffusion.load_for_sampling(args.fake, use_ema=not args.no_ema, map_location=args.device)
+        _, trained_h, trained_w = model.sample_shape or (None, None, None)  # as `sample.py` does
+        height, width = args.height or trained_h, args.width or trained_w
+        if height is None or width is None:
+            raise ValueError(
+                f"{args.fake} records no training clip shape: pass --height and --width (the training resolution)"
+            )
         fake, fake_info = fake_statistics_from_generator(
             model.generate,
             protocol,
             detector,
-            height=args.height,
-            width=args.width,
+            height=height,
+            width=width,
             seed=args.sample_seed,
             batch_size=args.batch_size,
             progress=progress,

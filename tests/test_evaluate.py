@@ -286,11 +286,7 @@ def test_fake_from_a_checkpoint_is_sampled_with_ema(data, tmp_path, monkeypatch)
         "--num-fake",
         "2",
         "--num-frames",
-        "9",
-        "--height",
-        "32",
-        "--width",
-        "32",
+        "9",  # no --height/--width: the checkpoint's training clips (32x32) are the default
         "--steps",
         "2",
         "--allow-random-detector",
