@@ -187,10 +187,39 @@ def to_dict(cfg: CurateConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
+# What the per-source stage (decode, analysis, clips, motion, extraction) reads. Its records are
+# stamped with a hash of these alone: dedup, split, shards and the report are rebuilt from the
+# records on every run, so changing them must not force every source to be decoded again.
+SOURCE_KEYS = ("probe", "analysis", "clips", "motion", "extract")
+# Caption settings that do not change captions (where and how fast they are computed).
+CAPTION_RUNTIME_KEYS = ("device", "batch_size", "cache_dir")
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: CurateConfig) -> str:
     """Hash of every setting that changes outputs (runtime keys such as workers excluded)."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return _hash({k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS})
+
+
+def source_hash(cfg: CurateConfig) -> str:
+    """Hash of the settings a source's completion record depends on (see SOURCE_KEYS)."""
+    d = to_dict(cfg)
+    stage = {k: d[k] for k in SOURCE_KEYS}
+    stage["kept_frames"] = {  # the frames kept for captioning and dedup are part of the record
+        "caption": d["caption"]["enabled"],
+        "frames_per_clip": d["caption"]["frames_per_clip"],
+        "dedup": d["dedup"]["enabled"],
+    }
+    return _hash(stage)
+
+
+def caption_hash(cfg: CurateConfig) -> str:
+    """Hash of what a source's captions depend on: its record and the caption settings."""
+    cap = {k: v for k, v in to_dict(cfg)["caption"].items() if k not in CAPTION_RUNTIME_KEYS}
+    return _hash({"source": source_hash(cfg), "caption": cap})
 
 
 def help_text() -> str:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from curation import executors
-from curation.config import CurateConfig, config_hash, to_dict
+from curation.config import CurateConfig, caption_hash, config_hash, source_hash, to_dict
 from curation.discover import Source, discover
 from curation.finalize import caption_sources, finalize
 from curation.workdir import work_dir, write_atomic
@@ -294,7 +294,7 @@ def run(cfg: CurateConfig) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(cfg)
+    chash = source_hash(cfg)  # stamps per-source records (config.SOURCE_KEYS)
     if cfg.caption.enabled:  # fail before any processing when weights are missing
         from curation.captions import check_weights
 
@@ -310,7 +310,12 @@ def run(cfg: CurateConfig) -> dict:
     originals = {s.source_id: s for s in unique.values()}
     done, changed = load_records(out, list(unique.values()), chash, cfg.on_config_change)
     write_atomic(
-        out / "run.json", json.dumps({"config_hash": chash, "config": to_dict(cfg)}, indent=1, default=str)
+        out / "run.json",
+        json.dumps(
+            {"config_hash": config_hash(cfg), "source_hash": chash, "config": to_dict(cfg)},
+            indent=1,
+            default=str,
+        ),
     )
     todo = [s for sid, s in originals.items() if sid not in done]
     tasks = [{"source": asdict(s), "cfg": cfg, "out": str(out), "config_hash": chash} for s in todo]
@@ -358,10 +363,12 @@ def run(cfg: CurateConfig) -> dict:
                 }
             )
     if cfg.caption.enabled:
-        caption_sources([r for r in records if r["status"] == "ok"], cfg, out, chash, cfg.progress)
+        caption_sources(
+            [r for r in records if r["status"] == "ok"], cfg, out, caption_hash(cfg), cfg.progress
+        )
     run_info = {
         "elapsed_s": round(time.time() - t0, 3),
-        "config_hash": chash,
+        "config_hash": config_hash(cfg),
         "workers": cfg.workers or executors.default_workers(),
         "executor": cfg.executor,
         "sources_processed": len(tasks),
