@@ -58,7 +58,7 @@ def test_shards_fit_two_epochs_with_new_draws_and_logged_counters(tmp_path):
     assert set(epochs[0]) == set(epochs[1]) == {f"c{i:02d}_s0_c0" for i in range(6)}
     assert epochs[0] != epochs[1]  # the loader learned the epoch: new offsets
     val = [[(k, off) for k, off, _ in b] for b in model.seen["val"]]
-    assert val[: len(val) // 2] == val[len(val) // 2 :]  # validation identical every epoch
+    assert val and val[: len(val) // 2] == val[len(val) // 2 :]  # validation identical every epoch
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     logged = [float(r["data/train/samples"]) for r in rows if r.get("data/train/samples")]
     assert logged and logged[0] == 6

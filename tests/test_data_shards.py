@@ -139,6 +139,7 @@ def test_short_clips_skipped_and_counted_or_padded(shards):
     assert dm.data_stats()["short"] > 0
     dm = make(shards, frame_stride=1, num_frames=32, short_clips="pad", shuffle_buffer=0)
     b = next(iter(dm.train_dataloader()))
+    assert any(m["num_frames"] < 32 for m in b["meta"])  # the padding branch below really runs
     for m, v in zip(b["meta"], b["video"]):
         if m["num_frames"] < 32:
             assert m["frame_indices"][-1] == m["num_frames"] - 1 == m["frame_indices"][m["num_frames"]]
