@@ -153,13 +153,16 @@ class VideoDiffusion(L.LightningModule):
         self.dit = VideoDiT(**dit_kwargs)
         self.patch_size = tuple(self.dit.patch_size)
         self.masks = MaskGenerator(probs=dict(mask_probs)) if mask_probs else None
-        self._net = self.dit  # what the objective calls; a compiled wrapper when compile=True
+        # what the objective calls: the DiT itself, or its compiled wrapper when compile=True. Kept
+        # outside the module tree (object.__setattr__), else every DiT tensor would be registered a
+        # second time (`_net.*` beside `dit.*`): twice the checkpoint, refused by safetensors, and
+        # confusing for sharded (FSDP) state dicts.
+        object.__setattr__(self, "_net", self.dit)
         self.sample_shape: tuple[int, int, int] | None = None  # (T, H, W) pixels of the last training clips
 
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
-            # kept outside the module tree so parameter names (EMA, checkpoints) stay unchanged
             object.__setattr__(self, "_net", torch.compile(self.dit))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -361,7 +364,8 @@ class VideoDiffusion(L.LightningModule):
         steps: int | None = None,
         cfg_scale: float | None = None,
     ) -> torch.Tensor:
-        """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed. `given` (n, 3, T, H, W)
+        """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed (sample i depends on
+        (seed, i) only, not on `batch_size`). `given` (n, 3, T, H, W)
         pixels and `mask` (True = given, pixel or latent resolution) condition on known content,
         which the output keeps exactly at given positions (exactly in pixels with the identity codec)."""
         if (given is None) != (mask is None):
@@ -401,7 +405,9 @@ class VideoDiffusion(L.LightningModule):
                     cfg_scale=cfg_scale,
                     model_kwargs=model_kwargs,
                     uncond_kwargs=uncond_kwargs,
-                    generator=_seeded(seed, start),
+                    # one generator per sample, seeded by (seed, index): sample i is the same
+                    # whatever batch_size splits the n samples
+                    generator=[_seeded(seed, i) for i in range(start, start + b)],
                 )
                 video = self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1)  # (b, 3, T, H, W)
                 outs.append(video.float().cpu())

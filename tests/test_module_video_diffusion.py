@@ -175,3 +175,25 @@ def test_mask_may_be_given_at_pixel_resolution_and_must_match():
         m._latent_mask(torch.ones(1, 1, 3, 16, 16, dtype=torch.bool), 2, (4, 16, 16))
     with pytest.raises(ValueError, match="together"):
         m.generate(1, num_frames=4, height=16, width=16, mask=predict_mask(4, 16, 16, 1))
+
+
+def test_state_dict_holds_each_dit_tensor_once():
+    """The objective's handle on the network must not register the DiT a second time: no `_net.*`
+    keys, no two entries sharing storage (safetensors refuses them; FSDP state dicts trip on them)."""
+    m = tiny(num_classes=4)
+    sd = m.state_dict()
+    assert not [k for k in sd if k.startswith("_net.")]
+    ptrs = [t.untyped_storage().data_ptr() for t in sd.values()]
+    assert len(ptrs) == len(set(ptrs)), "state dict entries share storage"
+    assert m._net is m.dit  # the objective still calls the DiT
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "flow"])
+def test_generation_does_not_depend_on_batch_size(objective):
+    m = tiny(num_classes=4, objective=objective, diffusion={"fixed_variance": "large"})
+    kw = dict(num_frames=4, height=16, width=16, labels=[0, 1, 2, 3, 1], steps=3, seed=7)
+    if objective == "diffusion":
+        m.hparams.sampler, m.hparams.eta = "ddpm", 1.0  # stochastic steps draw noise too
+    one_batch = m.generate(5, batch_size=5, **kw)
+    torch.testing.assert_close(m.generate(5, batch_size=2, **kw), one_batch, atol=1e-5, rtol=0)
+    torch.testing.assert_close(m.generate(3, batch_size=1, **kw), one_batch[:3], atol=1e-5, rtol=0)

@@ -26,8 +26,21 @@ def _is_packed(shape) -> bool:
 
 
 def _randn(shape, generator, device, dtype=torch.float32):
-    # drawn on CPU with the generator, then moved: the same seed gives the same samples on any device
+    """Standard normal of `shape` (B, ...), drawn on CPU then moved: the same seed gives the same
+    samples on any device. `generator` may be one generator for the whole batch, or a list of B
+    generators, one per sample, so that sample i's noise does not depend on the batch it is in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: pass one per sample")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator]).to(
+            device
+        )
     return torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device)
+
+
+def _clip_generators(generator, n: int) -> list:
+    """Per-clip generators for a packed batch of n clips (the same one n times when shared)."""
+    return list(generator) if isinstance(generator, (list, tuple)) else [generator] * n
 
 
 def _map(fn, *xs):
@@ -51,10 +64,11 @@ def sample(
     cfg_scale: float = 1.0,
     model_kwargs: dict | None = None,
     uncond_kwargs: dict | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
 ):
-    """Draw x0 samples. given/mask: tensors (B, C, T, H, W) / (B, 1, T, H, W) bool (True = given), or
+    """Draw x0 samples. `generator`: one for the batch, or one per sample (then each sample's draws
+    are independent of the batch it is in). given/mask: tensors (B, C, T, H, W) / (B, 1, T, H, W) bool (True = given), or
     lists matching a packed `shape`. cfg_scale != 1 needs `uncond_kwargs` (e.g. y = null class)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is unknown; choose one of {tuple(SAMPLERS)}")
@@ -68,7 +82,10 @@ def sample(
         raise ValueError("pass both `given` and `mask` (True = given position), or neither")
     packed = _is_packed(shape)
     device = next(model.parameters()).device
-    x = [_randn(s, generator, device) for s in shape] if packed else _randn(shape, generator, device)
+    if packed:
+        x = [_randn((1, *s), g, device)[0] for s, g in zip(shape, _clip_generators(generator, len(shape)))]
+    else:
+        x = _randn(shape, generator, device)
     if packed and mask is not None:
         given = [None if g is None else g.to(device) for g in given]
         mask = [None if m is None else m.to(device) for m in mask]  # None: nothing given in that clip
@@ -111,8 +128,8 @@ def sample(
 
             if packed:
                 x = [
-                    _gaussian_step(d, sampler, xi[None], oi[None], t[:1], eta, generator)[0]
-                    for xi, oi in zip(x, out)
+                    _gaussian_step(d, sampler, xi[None], oi[None], t[:1], eta, g)[0]
+                    for xi, oi, g in zip(x, out, _clip_generators(generator, n))
                 ]
             else:
                 x = _gaussian_step(d, sampler, x, out, t, eta, generator)
