@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lightning_modules.diffusion.common import reduce_loss
 from lightning_modules.diffusion.flow import RectifiedFlow
 from lightning_modules.diffusion.gaussian import GaussianDiffusion
 from lightning_modules.diffusion.masks import MaskGenerator
@@ -93,6 +94,8 @@ class VideoDiffusion(L.LightningModule):
         mask_probs: task -> probability for `MaskGenerator` (unconditional, predict, backward,
             interpolate, image_to_video, block); None = unconditional generation only.
         cond_drop_prob: probability of dropping the label / caption in training (for CFG).
+        loss_weighting: "token" (every generated latent element weighs the same, in packed and
+            bucketed batches alike: what a padded batch does) or "sample" (every clip weighs the same).
         lr, betas, weight_decay: AdamW (no decay on norms, biases, embeddings).
         warmup_steps, lr_schedule, min_lr_ratio: linear warmup, then constant or cosine down to
             `min_lr_ratio * lr` at the last step (`trainer.max_steps`).
@@ -114,6 +117,7 @@ class VideoDiffusion(L.LightningModule):
         num_classes: int = 0,
         mask_probs: dict[str, float] | None = None,
         cond_drop_prob: float = 0.1,
+        loss_weighting: Literal["token", "sample"] = "token",
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -251,11 +255,13 @@ class VideoDiffusion(L.LightningModule):
         out = self.objective.training_losses(
             self._net, x0, t, mask=mask, noise=noise, model_kwargs=model_kwargs
         )
-        loss = out["loss"].mean()
+        weighting = self.hparams.loss_weighting
+        loss = reduce_loss(out["loss"], out["weight"], weighting)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=not training)
         for term in ("mse", "vb"):  # the parts of a hybrid (learned-sigma) loss
             if term in out and out[term] is not out["loss"]:
-                self.log(f"{stage}/{term}", out[term].mean(), batch_size=n, sync_dist=not training)
+                value = reduce_loss(out[term].detach(), out["weight"], weighting)
+                self.log(f"{stage}/{term}", value, batch_size=n, sync_dist=not training)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -226,7 +226,9 @@ def test_one_reverse_step_at_t_gt_0_matches_the_closed_form(prediction):
     t = torch.full((2,), i, dtype=torch.long)
 
     ddim = _gaussian_step(d, "ddim", x_t, out, t, 0.0, None)
-    torch.testing.assert_close(ddim, a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        ddim, a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat, rtol=1e-6, atol=1e-6
+    )
 
     mean = a_prev.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
     var = beta * (1 - a_prev) / (1 - a_t)  # the posterior ("small") variance
@@ -252,9 +254,63 @@ def test_packed_clip_with_no_mask_means_nothing_given(name):
     sampler = "euler" if name == "flow" else "ddim"
     shapes = [tuple(x.shape) for x in xs]
     outs = [
-        sample(model, d, shapes, sampler=sampler, steps=2, given=[xs[0], g], mask=m,
-               generator=torch.Generator().manual_seed(0))  # fmt: skip
+        sample(
+            model,
+            d,
+            shapes,
+            sampler=sampler,
+            steps=2,
+            given=[xs[0], g],
+            mask=m,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
         for g, m in ((None, none), (torch.zeros_like(xs[1]), zero))
     ]
     for o1, o2 in zip(*outs):
         torch.testing.assert_close(o1, o2)
+
+
+class _Zero(torch.nn.Module):
+    """Predicts 0 everywhere, so each loss element is a known function of (x0, noise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, mask=None, **kw):
+        return torch.zeros_like(x)
+
+    def forward_packed(self, xs, t, masks=None, **kw):
+        return [torch.zeros_like(x) for x in xs]
+
+
+@pytest.mark.parametrize("name", ["eps", "flow"])
+def test_token_weighting_counts_every_generated_element_once_in_packed_and_bucketed_batches(name):
+    """A 1-frame image packed beside an 8-frame clip weighs 1/8 of it per token (as in a padded
+    batch), not as much as the whole clip; "sample" weighting gives every clip the same weight."""
+    from lightning_modules.diffusion.common import reduce_loss
+
+    d = OBJECTIVES[name]()
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 8, 8, 8, generator=g)]
+    noise = [torch.randn_like(x) for x in xs]
+    t = torch.tensor([0.3, 0.6]) if name == "flow" else torch.tensor([100, 600])
+    target = [(n - x) if name == "flow" else n for x, n in zip(xs, noise)]  # what the zero model misses
+    out = d.training_losses(_Zero(), xs, t, noise=noise)
+    per_token = torch.cat([(e**2).flatten() for e in target]).mean()
+    per_sample = torch.stack([(e**2).mean() for e in target]).mean()
+    torch.testing.assert_close(reduce_loss(out["loss"], out["weight"], "token"), per_token)
+    torch.testing.assert_close(reduce_loss(out["loss"], out["weight"], "sample"), per_sample)
+
+    # bucketed with masks: token weighting is the mean over every generated element of the batch
+    x0 = torch.randn(2, 3, 4, 8, 8, generator=g)
+    nz = torch.randn_like(x0)
+    mask = torch.stack([predict_mask(4, 8, 8, 3), predict_mask(4, 8, 8, 0)])  # 1 and 4 frames generated
+    tb = t if name == "flow" else t.long()
+    out = d.training_losses(_Zero(), x0, tb, mask=mask, noise=nz)
+    err = ((nz - x0) if name == "flow" else nz) ** 2
+    keep = (~mask).expand_as(err)
+    torch.testing.assert_close(reduce_loss(out["loss"], out["weight"], "token"), err[keep].mean())
+    # and the packed form of the same clips and masks gives the same number
+    packed = d.training_losses(_Zero(), list(x0), tb, mask=list(mask), noise=list(nz))
+    torch.testing.assert_close(reduce_loss(packed["loss"], packed["weight"], "token"), err[keep].mean())

@@ -197,3 +197,15 @@ def test_generation_does_not_depend_on_batch_size(objective):
     one_batch = m.generate(5, batch_size=5, **kw)
     torch.testing.assert_close(m.generate(5, batch_size=2, **kw), one_batch, atol=1e-5, rtol=0)
     torch.testing.assert_close(m.generate(3, batch_size=1, **kw), one_batch[:3], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("weighting,expected", [("token", (1.0 * 1 + 3.0 * 8) / 9), ("sample", 2.0)])
+def test_model_step_reduces_the_loss_with_the_stated_weighting(weighting, expected, monkeypatch):
+    m = tiny(objective="flow", loss_weighting=weighting)
+    b = batch(n=2, num_classes=0)
+
+    def fake(model, x0, t, **kw):  # per-sample means 1 and 3 over 1 and 8 generated elements
+        return {"loss": torch.tensor([1.0, 3.0]), "weight": torch.tensor([1.0, 8.0])}
+
+    monkeypatch.setattr(m.objective, "training_losses", fake)
+    assert m.model_step(b, 0, "val").item() == pytest.approx(expected)

@@ -22,6 +22,31 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1.0)
 
 
+def generated_count(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Number of generated (loss-carrying) elements per sample: x (B, C, T, H, W), mask as in
+    `masked_mean` -> (B,) float."""
+    per_sample = x[0].numel()
+    if mask is None:
+        return torch.full((x.shape[0],), float(per_sample), device=x.device)
+    return (~mask).flatten(1).sum(dim=1).to(torch.float32) * x.shape[1]
+
+
+LOSS_WEIGHTINGS = ("token", "sample")
+
+
+def reduce_loss(loss: torch.Tensor, weight: torch.Tensor, weighting: str = "token") -> torch.Tensor:
+    """Batch loss from per-sample means `loss` (B,) and their generated-element counts `weight` (B,).
+    "token": every generated element weighs the same, whatever clip it is in (what a padded batch
+    does; a 1-frame image counts 1/32 of a 32-frame clip, in packed and bucketed batches alike).
+    "sample": every clip weighs the same, however many elements it generates."""
+    if weighting == "sample":
+        return loss.mean()
+    if weighting != "token":
+        raise ValueError(f"loss weighting {weighting!r} is unknown; choose one of {LOSS_WEIGHTINGS}")
+    weight = weight.to(loss.dtype)
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
     return 0.5 * (

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import add_noise, bcast, call_model, masked_mean, with_given
+from .common import add_noise, bcast, call_model, generated_count, masked_mean, with_given
 
 
 def shift_timesteps(t: torch.Tensor, ratio) -> torch.Tensor:
@@ -82,17 +82,17 @@ class RectifiedFlow:
 
     def training_losses(self, model, x0, t, *, mask=None, noise=None, model_kwargs=None) -> dict:
         """Same contract as GaussianDiffusion.training_losses; t (B,) float in [0, 1].
-        Returns {"loss": (B,), "mse": (B,), "x_t": ..., "pred": ...}."""
+        Returns {"loss": (B,), "mse": (B,), "weight": (B,), "x_t": ..., "pred": ...}."""
         packed = isinstance(x0, (list, tuple))
         noise, x_t = add_noise(self.q_sample, x0, t, noise)
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
         if packed:
+            masks = [None if m is None else m[None] for m in (mask if mask is not None else [None] * len(x0))]
             mse = torch.cat(
-                [
-                    masked_mean((n - x - o)[None] ** 2, None if mask is None or mask[i] is None else mask[i][None])
-                    for i, (o, x, n) in enumerate(zip(out, x0, noise))
-                ]
+                [masked_mean((n - x - o)[None] ** 2, m) for o, x, n, m in zip(out, x0, noise, masks)]
             )
+            weight = torch.cat([generated_count(x[None], m) for x, m in zip(x0, masks)])
         else:
             mse = masked_mean((noise - x0 - out) ** 2, mask)  # (B,)
-        return {"loss": mse, "mse": mse, "x_t": x_t, "pred": out}
+            weight = generated_count(x0, mask)
+        return {"loss": mse, "mse": mse, "weight": weight, "x_t": x_t, "pred": out}

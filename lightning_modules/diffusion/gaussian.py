@@ -18,6 +18,7 @@ from .common import (
     bcast,
     call_model,
     discretized_gaussian_log_likelihood,
+    generated_count,
     masked_mean,
     normal_kl,
     with_given,
@@ -214,7 +215,7 @@ class GaussianDiffusion:
     def _loss_terms(self, out, x0, x_t, noise, t, mask):
         pred, var_values = self.split_output(out)
         mse = masked_mean((self.target(x0, noise, t) - pred) ** 2, mask)  # (B,)
-        terms = {"mse": mse}
+        terms = {"mse": mse, "weight": generated_count(x0, mask)}
         if var_values is not None:  # VLB trains the variance only: the mean is held fixed
             frozen = torch.cat([pred.detach(), var_values], dim=1)
             terms["vb"] = self.vb_terms(frozen, x0, x_t, t, mask)
@@ -226,7 +227,9 @@ class GaussianDiffusion:
     def training_losses(self, model, x0, t, *, mask=None, noise=None, model_kwargs=None) -> dict:
         """x0 (B, C, T, H, W) or a list of (C, T_i, H_i, W_i); t (B,) long; mask like x0 with 1 channel,
         True = given (the network sees x0 there and those positions carry no loss).
-        Returns {"loss": (B,), "mse": (B,), ["vb": (B,)], "x_t": ..., "pred": ...}."""
+        Returns {"loss": (B,), "mse": (B,), ["vb": (B,)], "weight": (B,), "x_t": ..., "pred": ...}:
+        per-sample means over generated positions, and how many generated elements each has (for
+        `common.reduce_loss`)."""
         packed = isinstance(x0, (list, tuple))
         noise, x_t = add_noise(self.q_sample, x0, t, noise)
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
@@ -235,7 +238,12 @@ class GaussianDiffusion:
         else:
             per = [
                 self._loss_terms(
-                    o[None], x[None], xt[None], n[None], t[i : i + 1], None if mask is None or mask[i] is None else mask[i][None]
+                    o[None],
+                    x[None],
+                    xt[None],
+                    n[None],
+                    t[i : i + 1],
+                    None if mask is None or mask[i] is None else mask[i][None],
                 )
                 for i, (o, x, xt, n) in enumerate(zip(out, x0, x_t, noise))
             ]
