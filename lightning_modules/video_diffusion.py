@@ -100,6 +100,7 @@ class VideoDiffusion(L.LightningModule):
         warmup_steps, lr_schedule, min_lr_ratio: linear warmup, then constant or cosine down to
             `min_lr_ratio * lr` at the last step (`trainer.max_steps`).
         compile: `torch.compile` the network for training.
+        fused_optimizer: fused AdamW; None = on CUDA unless fp16 loss scaling meets clipping.
         sampler, sample_steps, eta, cfg_scale: defaults of `generate` (sampler None = DDIM for
             diffusion, Euler for flow).
         rng_seed: base seed of training randomness; None = `torch.initial_seed()` (set by `seed_everything`).
@@ -125,6 +126,7 @@ class VideoDiffusion(L.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         min_lr_ratio: float = 0.0,
         compile: bool = False,
+        fused_optimizer: bool | None = None,
         sampler: Literal["ddpm", "ddim", "euler"] | None = None,
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -327,10 +329,49 @@ class VideoDiffusion(L.LightningModule):
             raise ValueError("lr_schedule='cosine' needs a finite length: set trainer.max_steps")
         return int(total)
 
+    def _use_fused_optimizer(self) -> bool:
+        """Fused AdamW (one kernel for all parameters) on CUDA, unless a loss scaler is in play with
+        gradient clipping: fp16 `16-mixed` must unscale the gradients before clipping, which a fused
+        optimizer does inside its step, so Lightning refuses that pair. bf16 and fp32 have no scaler:
+        the gradients are true, `configure_gradient_clipping` clips them itself and fused stays."""
+        if self.hparams.fused_optimizer is not None:
+            return self.hparams.fused_optimizer
+        if self.device.type != "cuda":
+            return False
+        trainer = self._trainer
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        return scaler is None or not trainer.gradient_clip_val
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip as Lightning does, with two cases it refuses handled here:
+        - a fused optimizer without a loss scaler (bf16-mixed / fp32): Lightning's mixed-precision
+          plugin rejects any optimizer that *could* unscale inside its step, though bf16 never scales;
+          the gradients are true, so they are clipped directly;
+        - FSDP: the norm must be taken over all shards (`FullyShardedDataParallel.clip_grad_norm_`),
+          which Lightning's FSDP plugin does not call."""
+        if not gradient_clip_val:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        wrapped = getattr(self.trainer.strategy, "model", None)
+        if algorithm == "norm" and hasattr(wrapped, "clip_grad_norm_") and wrapped is not self:
+            wrapped.clip_grad_norm_(gradient_clip_val)  # FSDP: total norm over every shard
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if algorithm == "norm":
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=algorithm)
+
     def configure_optimizers(self):
-        fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(
-            self.parameter_groups(), lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused
+            self.parameter_groups(),
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            fused=self._use_fused_optimizer(),
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
