@@ -9,6 +9,7 @@ the resolved config is saved as `config.yaml` in the run's log dir. The model is
 
 from __future__ import annotations
 
+import jsonargparse
 import torch
 from lightning.pytorch.cli import LightningCLI
 
@@ -39,7 +40,14 @@ class VideoCLI(LightningCLI):
 
 def cli_main(args: list[str] | dict | None = None, *, run: bool = True) -> LightningCLI:
     """Run the CLI (`args=None` reads sys.argv); tests pass a list of flags. `run=False` only builds
-    the model, data and trainer (then `args` has no subcommand)."""
+    the model, data and trainer (then `args` has no subcommand).
+
+    Parser mode "omegaconf+" resolves `${...}` interpolation once, on the merged config, after every
+    `--config` file and command-line flag: `--trainer.default_root_dir=runs/exp2` then reaches
+    `dirpath: ${trainer.default_root_dir}/checkpoints` ("omegaconf" resolved each file on load, so the
+    checkpoints of every run went to the YAML's directory). Paths like `${model.num_classes}` are
+    taken relative to the subcommand's config (`fit.model.num_classes`)."""
+    jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return VideoCLI(
         VideoDiffusion,
         subclass_mode_data=True,
@@ -47,7 +55,7 @@ def cli_main(args: list[str] | dict | None = None, *, run: bool = True) -> Light
         run=run,
         seed_everything_default=0,
         trainer_defaults=_trainer_defaults(),
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
     )
 

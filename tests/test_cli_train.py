@@ -186,3 +186,22 @@ def test_debug_config_trains_in_bf16_on_a_gpu(tmp_path):
     assert cli.trainer.global_step == 5 and cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert cli.model.device.type == "cuda"
+
+
+def test_command_line_overrides_reach_interpolated_paths(tmp_path):
+    """`dirpath: ${trainer.default_root_dir}/checkpoints` (demo.yaml) must follow
+    `--trainer.default_root_dir` given on the command line, or two runs share one checkpoint dir."""
+    cli = cli_main(
+        [
+            "--config",
+            str(ROOT / "configs/train/demo.yaml"),
+            f"--trainer.default_root_dir={tmp_path / 'exp2'}",
+            "--trainer.accelerator=cpu",
+            f"--data.init_args.data_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "exp2" / "checkpoints"
+    # and an interpolation into another section still resolves inside the subcommand's config
+    cli = cli_main(["--config", DEBUG, "--model.num_classes=3", "--trainer.accelerator=cpu"], run=False)
+    assert cli.datamodule.hparams.num_classes == 3
