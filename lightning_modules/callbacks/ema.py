@@ -4,13 +4,26 @@
     with use_ema(trainer, pl_module):      # EMA weights swapped in, raw weights back on exit
         videos = pl_module.generate(...)
 
-The shadow weights are part of the checkpoint (`checkpoint["callbacks"]["EMA"]["shadow"]`) and come
-back on resume, so a resumed run continues the same average (Latte issue #55 was an EMA that was
-silently re-initialised from the raw weights on resume). `VideoDiffusion.load_for_sampling` reads
-them with `ema_weights_from_checkpoint`.
+**Right from the first steps.** The decay warms up, as in diffusers' `EMAModel` and timm:
+decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update (n = 0, 1, ...). Without it an EMA of
+0.9999 holds 0.9999^200 = 98% of the initial weights after 200 steps; with adaLN-Zero the initial
+network predicts zero, so every early sample, short run and fine-tune from a fresh EMA samples a
+shrunken prediction (noise). `warmup=False` restores the constant decay.
+
+**Why our own and not Lightning's `WeightAveraging`**: that callback deep-copies the whole
+LightningModule into an `AveragedModel` -- the frozen codec (a VAE) and text encoder included, which
+never change and can be gigabytes -- and does not shard under FSDP. Ours averages only the trainable
+parameters, in place of the live ones when swapped in, and under FSDP2 (configs/train/fsdp.yaml) each
+rank averages its own shard of them (the averaged copy is a DTensor sharded like the weights).
+
+The shadow weights are part of the checkpoint (`checkpoint["callbacks"]["EMA"]["shadow"]`, always
+the full, unsharded tensors under the module's own parameter names) and come back on resume, so a
+resumed run continues the same average (Latte issue #55 was an EMA silently re-initialised from the
+raw weights on resume). `VideoDiffusion.load_for_sampling` reads them with
+`ema_weights_from_checkpoint`.
 
 The update runs once per optimizer step (not per micro-batch with gradient accumulation), after
-the step: ema <- ema + (1 - decay) * (w - ema); before `start_step` the EMA copies the weights.
+the step: ema <- ema + (1 - decay_n) * (w - ema); before `start_step` the EMA copies the weights.
 """
 
 from __future__ import annotations
@@ -26,14 +39,40 @@ from lightning.pytorch.strategies import FSDPStrategy
 STATE_KEY = "EMA"
 
 
+def _is_dtensor(t) -> bool:
+    return type(t).__name__ == "DTensor"  # FSDP2's sharded parameters (no import needed to tell)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A full tensor: a DTensor is gathered from its shards (a collective every rank must call)."""
+    return t.full_tensor() if _is_dtensor(t) else t.detach().clone()
+
+
+def _like(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """`full` placed like parameter `p`: on its device and dtype, and sharded like it when p is a DTensor."""
+    if _is_dtensor(p):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements)
+    return full.to(p.device, p.dtype)
+
+
+def warmup_decay(decay: float, num_updates: int) -> float:
+    """min(decay, (1 + n) / (10 + n)): about 0.1 at the first update, 0.5 after 8, 0.9 after 80."""
+    return min(decay, (1.0 + num_updates) / (10.0 + num_updates))
+
+
 class EMA(Callback):
-    def __init__(self, *, decay: float = 0.9999, start_step: int = 0, update_every: int = 1):
-        """decay: per-update decay; start_step: optimizer steps before which the EMA just copies the
-        weights; update_every: update every N optimizer steps (decay applies per update)."""
+    def __init__(
+        self, *, decay: float = 0.9999, warmup: bool = True, start_step: int = 0, update_every: int = 1
+    ):
+        """decay: the per-update decay (reached after the warm-up); warmup: decay_n =
+        min(decay, (1 + n) / (10 + n)) at update n; start_step: optimizer steps before which the EMA
+        just copies the weights; update_every: update every N optimizer steps."""
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay={decay} must be in [0, 1]")
-        self.decay, self.start_step, self.update_every = decay, start_step, update_every
-        self.shadow: dict[str, torch.Tensor] | None = None
+        self.decay, self.warmup, self.start_step, self.update_every = decay, warmup, start_step, update_every
+        self.shadow: dict[str, torch.Tensor] | None = None  # name -> tensor (a sharded DTensor under FSDP2)
         self.num_updates = 0
         self._last_step = -1
 
@@ -41,27 +80,33 @@ class EMA(Callback):
     def state_key(self) -> str:
         return STATE_KEY
 
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        return warmup_decay(self.decay, self.num_updates) if self.warmup else self.decay
+
     @staticmethod
     def _trainable(pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+        """Trainable parameters by name (FSDP2's `fully_shard` keeps the module's own names)."""
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if isinstance(trainer.strategy, FSDPStrategy):
             raise RuntimeError(
-                "the EMA callback keeps full copies of the weights and does not support FSDP's sharded "
-                "parameters yet: remove it from trainer.callbacks for FSDP runs (or train with DDP)"
+                "the EMA callback supports FSDP2 (Lightning's ModelParallelStrategy, as in "
+                "configs/train/fsdp.yaml), not the FSDP1 `FSDPStrategy` whose flat parameters it cannot "
+                "average by name: stack configs/train/fsdp.yaml instead, or remove EMA from the callbacks"
             )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = self._trainable(pl_module)
-        if self.shadow is None:  # fresh run: start from the current weights
+        if self.shadow is None:  # fresh run: start from the current weights (DTensor shards under FSDP2)
             self.shadow = {n: p.detach().clone() for n, p in params.items()}
-        else:  # restored from a checkpoint: keep the loaded average, on the weights' device
-            missing = set(params) - set(self.shadow)
-            if missing:
-                raise KeyError(f"EMA state from the checkpoint lacks {sorted(missing)[:5]}: different model?")
-            self.shadow = {n: self.shadow[n].to(p.device, p.dtype) for n, p in params.items()}
+            return
+        missing = set(params) - set(self.shadow)  # restored from a checkpoint: keep the loaded average
+        if missing:
+            raise KeyError(f"EMA state from the checkpoint lacks {sorted(missing)[:5]}: different model?")
+        self.shadow = {n: _like(self.shadow[n], p) for n, p in params.items()}
 
     @torch.no_grad()
     def on_train_batch_end(
@@ -77,18 +122,19 @@ class EMA(Callback):
         if step <= self.start_step:
             torch._foreach_copy_(ema, weights)
         else:
-            torch._foreach_lerp_(ema, weights, 1.0 - self.decay)
+            torch._foreach_lerp_(ema, weights, 1.0 - self.current_decay())
         self.num_updates += 1
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
+        """The full average (FSDP2 shards are gathered: Lightning calls this on every rank while it
+        dumps a checkpoint, so the collective is safe)."""
         return {
             "decay": self.decay,
+            "warmup": self.warmup,
             "num_updates": self.num_updates,
             "last_step": self._last_step,
-            "shadow": None
-            if self.shadow is None
-            else {n: t.detach().clone() for n, t in self.shadow.items()},
+            "shadow": None if self.shadow is None else {n: _full(t) for n, t in self.shadow.items()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -99,7 +145,8 @@ class EMA(Callback):
     # ------------------------------------------------------------------ swapping
     @contextlib.contextmanager
     def swapped_in(self, pl_module: L.LightningModule) -> Iterator[None]:
-        """Copy the EMA weights into `pl_module` for the duration of the block, then restore."""
+        """Copy the EMA weights into `pl_module` for the duration of the block, then restore (under
+        FSDP2 each rank swaps its own shards)."""
         if self.shadow is None:
             yield
             return
