@@ -171,6 +171,28 @@ class VideoDiffusion(L.LightningModule):
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
             object.__setattr__(self, "_net", torch.compile(self.dit))
 
+    def configure_model(self) -> None:
+        """FSDP2 under `lightning_modules.strategies.FSDP2Strategy` (configs/train/fsdp.yaml): each DiT
+        block, then the rest of the DiT, is sharded with `fully_shard` over the data-parallel ranks
+        (parameters become DTensors holding this rank's shard; the frozen codec and text encoder stay
+        replicated). A no-op without a device mesh (single device, DDP)."""
+        mesh = self._device_mesh if hasattr(self, "_device_mesh") else None
+        if mesh is None or getattr(self.dit, "_videodit_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"VideoDiT has no tensor parallelism, but the device mesh has tensor_parallel size "
+                f"{mesh['tensor_parallel'].size()}: use strategy lightning_modules.strategies.FSDP2Strategy "
+                "(configs/train/fsdp.yaml), which shards over every rank"
+            )
+        dp_mesh = mesh["data_parallel"] if mesh.ndim > 1 else mesh
+        for block in self.dit.blocks:
+            fully_shard(block, mesh=dp_mesh)
+        fully_shard(self.dit, mesh=dp_mesh)
+        self.dit._videodit_sharded = True
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         sd = checkpoint["state_dict"]
         for key in [k for k in sd if k.startswith(FROZEN_PREFIXES)]:
@@ -336,8 +358,8 @@ class VideoDiffusion(L.LightningModule):
         the gradients are true, `configure_gradient_clipping` clips them itself and fused stays."""
         if self.hparams.fused_optimizer is not None:
             return self.hparams.fused_optimizer
-        if self.device.type != "cuda":
-            return False
+        if self.device.type != "cuda" or getattr(self.dit, "_videodit_sharded", False):
+            return False  # (FSDP2's DTensor parameters: the foreach path is the one FSDP2 tests)
         trainer = self._trainer
         scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
         return scaler is None or not trainer.gradient_clip_val
@@ -347,15 +369,16 @@ class VideoDiffusion(L.LightningModule):
         - a fused optimizer without a loss scaler (bf16-mixed / fp32): Lightning's mixed-precision
           plugin rejects any optimizer that *could* unscale inside its step, though bf16 never scales;
           the gradients are true, so they are clipped directly;
-        - FSDP: the norm must be taken over all shards (`FullyShardedDataParallel.clip_grad_norm_`),
-          which Lightning's FSDP plugin does not call."""
+        - FSDP1 (Lightning's `FSDPStrategy`): the norm must be taken over all shards
+          (`FullyShardedDataParallel.clip_grad_norm_`), which Lightning's FSDP plugin does not call."""
         if not gradient_clip_val:
             return
         algorithm = gradient_clip_algorithm or "norm"
         wrapped = getattr(self.trainer.strategy, "model", None)
         if algorithm == "norm" and hasattr(wrapped, "clip_grad_norm_") and wrapped is not self:
-            wrapped.clip_grad_norm_(gradient_clip_val)  # FSDP: total norm over every shard
+            wrapped.clip_grad_norm_(gradient_clip_val)  # FSDP1: total norm over every shard
             return
+        # (FSDP2: gradients are DTensors, and torch.nn.utils.clip_grad_norm_ reduces over the shards)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
