@@ -5,6 +5,14 @@ velocity v = eps - x0 and is told t * num_timesteps (so DiT's timestep embedder 
 Training t is logit-normal, then shifted towards noise for bigger inputs (Open-Sora 1.2):
 ratio r = sqrt(H*W / base) * sqrt(T) computed on the latent shape, t' = r t / (1 + (r - 1) t).
 `shift_base_tokens` is base expressed in latent positions: 64*64 = a 512x512 image through an /8 VAE.
+
+`prediction`: what the network outputs. "velocity" (SD3, Open-Sora) or "x0": the network predicts the
+clean sample and the velocity is derived, v = (x_t - x0_hat) / max(t, t_min); the loss stays the
+velocity loss either way (JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
+Denoise"). Predicting x0 matters when a token holds more values than the network is wide, as in
+pixel space with big patches (a 4x4x3 patch is 48 values for a 64-wide demo model): noise fills
+every dimension and cannot pass through the bottleneck, clean data lies near a low-dimensional
+manifold and can. With velocity prediction such models sample per-patch noise.
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ class RectifiedFlow:
         shift: bool = True,
         shift_base_tokens: int = 64 * 64,
         num_timesteps: int = 1000,
+        prediction: str = "velocity",
+        t_min: float = 0.05,
     ):
+        if prediction not in ("velocity", "x0"):
+            raise ValueError(f"flow prediction={prediction!r}: choose 'velocity' or 'x0'")
+        self.prediction, self.t_min = prediction, t_min  # t_min: floor of t when dividing by it (x0)
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.shift, self.shift_base_tokens, self.num_timesteps = shift, shift_base_tokens, num_timesteps
         self.learn_sigma = False
@@ -80,6 +93,14 @@ class RectifiedFlow:
     def x0_from_velocity(self, x_t, t, v):
         return x_t - bcast(t, x_t) * v
 
+    def velocity(self, x_t, out, t, *, floor: bool = True):
+        """The velocity implied by the network output `out` at x_t (B, ...) and t (B,). `floor`: divide
+        by max(t, t_min) (training: bounded loss near t = 0); sampling divides by t itself, so that
+        the last Euler step lands exactly on the predicted x0 (the sampler never evaluates t = 0)."""
+        if self.prediction == "velocity":
+            return out
+        return (x_t - out) / bcast(t, x_t).clamp_min(self.t_min if floor else 1e-12)
+
     def training_losses(self, model, x0, t, *, mask=None, noise=None, model_kwargs=None) -> dict:
         """Same contract as GaussianDiffusion.training_losses; t (B,) float in [0, 1].
         Returns {"loss": (B,), "mse": (B,), "weight": (B,), "x_t": ..., "pred": ...}."""
@@ -88,11 +109,12 @@ class RectifiedFlow:
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
         if packed:
             masks = [None if m is None else m[None] for m in (mask if mask is not None else [None] * len(x0))]
+            v = [self.velocity(xt[None], o[None], t[i : i + 1])[0] for i, (xt, o) in enumerate(zip(x_t, out))]
             mse = torch.cat(
-                [masked_mean((n - x - o)[None] ** 2, m) for o, x, n, m in zip(out, x0, noise, masks)]
+                [masked_mean((n - x - vi)[None] ** 2, m) for vi, x, n, m in zip(v, x0, noise, masks)]
             )
             weight = torch.cat([generated_count(x[None], m) for x, m in zip(x0, masks)])
         else:
-            mse = masked_mean((noise - x0 - out) ** 2, mask)  # (B,)
+            mse = masked_mean((noise - x0 - self.velocity(x_t, out, t)) ** 2, mask)  # (B,)
             weight = generated_count(x0, mask)
         return {"loss": mse, "mse": mse, "weight": weight, "x_t": x_t, "pred": out}

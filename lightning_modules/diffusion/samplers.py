@@ -115,7 +115,14 @@ def sample(
         grids = torch.stack([diffusion.sampling_timesteps(steps, s) for s in shapes])  # (B, steps + 1)
         for i in tqdm(range(steps), disable=not progress, desc="euler"):
             t, t_next = grids[:, i].to(device), grids[:, i + 1].to(device)  # (B,)
-            v = denoise(x, diffusion.model_t(t))
+            out = denoise(x, diffusion.model_t(t))
+            if packed:
+                v = [
+                    diffusion.velocity(xi[None], oi[None], t[j : j + 1], floor=False)[0]
+                    for j, (xi, oi) in enumerate(zip(x, out))
+                ]
+            else:
+                v = diffusion.velocity(x, out, t, floor=False)
             if packed:
                 x = [xi + (t_next[j] - t[j]) * vi for j, (xi, vi) in enumerate(zip(x, v))]
             else:
