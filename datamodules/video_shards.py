@@ -416,8 +416,7 @@ class ShardDataset(IterableDataset):
                 self._count(wid, "batches")
                 yield collate_bucketed(group, scale=False)  # uint8 across processes
             return
-        keep = 1.0 - self.o.token_drop_rate
-        size = lambda s: math.ceil(s["tokens"] * keep)  # noqa: E731
+        size = lambda s: s["tokens"]  # noqa: E731
         packer = StreamPacker(
             tokens_per_batch=self.o.tokens_per_batch,
             window=self.o.pack_window,
@@ -428,8 +427,6 @@ class ShardDataset(IterableDataset):
             samples = [s for s in (self._realize(p, wid=wid) for p in group) if s is not None]
             if not samples:
                 continue
-            for s in samples:
-                s["meta"]["token_keep"] = keep
             self._count(wid, "batches")
             self._count(wid, "tokens", sum(size(s) for s in samples))
             self._count(wid, "budget", self.o.tokens_per_batch)
@@ -535,7 +532,6 @@ class VideoShardsDataModule(L.LightningDataModule):
         min_frames: int = 1,
         pack_window: int = 256,
         pack_min_fill: float = 0.97,
-        token_drop_rate: float = 0.0,
         patch_size: tuple[int, int, int] = (1, 2, 2),
         latent_downsample: tuple[int, int, int] = (1, 8, 8),
         shuffle_shards: bool = True,
@@ -570,8 +566,6 @@ class VideoShardsDataModule(L.LightningDataModule):
             max_tokens_per_sample: packing: clips are downscaled (never up) to fit (default tokens_per_batch).
             min_frames: packing: clips giving fewer frames are skipped as short.
             pack_window, pack_min_fill: packing shuffle window (clips) and the fill at which a pack is emitted.
-            token_drop_rate: packing counts only this fraction of each clip's tokens against the budget
-                and records ``meta["token_keep"]``; the model must drop the rest (NaViT token dropping).
             patch_size, latent_downsample: token counting (match the model and the latent codec).
             shuffle_shards, shuffle_buffer, resampled, batches_per_epoch: streaming (module docstring).
             load_latents: attach ``latent.npy`` as batch["latent"] / ["latents"].
@@ -665,7 +659,6 @@ class VideoShardsDataModule(L.LightningDataModule):
                                 max_tokens=o.max_tokens_per_sample or o.tokens_per_batch,
                             )
                         )
-                        * (1 - o.token_drop_rate)
                     )
             return max(
                 1, math.ceil(total / o.tokens_per_batch / (1 - (o.image_ratio if o.image_shards else 0)))
