@@ -50,6 +50,29 @@ def _map(fn, *xs):
     return fn(*xs)
 
 
+def _twice(x):
+    """A batch (B, ...) or packed list, repeated: the conditional then the unconditional copy."""
+    return list(x) + list(x) if isinstance(x, (list, tuple)) else torch.cat([x, x])
+
+
+def _stack_kwargs(cond: dict, uncond: dict) -> dict:
+    """Conditional and unconditional model kwargs as one batch of 2B (tensors concatenated on dim 0)."""
+    if set(cond) != set(uncond):
+        raise ValueError(f"CFG needs the same condition keys: {sorted(cond)} vs {sorted(uncond)}")
+    out = {}
+    for k, c in cond.items():
+        u = uncond[k]
+        if c is None or u is None:
+            if c is not u:
+                raise ValueError(f"CFG condition {k!r} is None in one branch only")
+            out[k] = None
+        elif isinstance(c, torch.Tensor):
+            out[k] = torch.cat([c, u])
+        else:
+            out[k] = list(c) + list(u)
+    return out
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -93,12 +116,20 @@ def sample(
         given, mask = given.to(device), mask.to(device)
 
     def denoise(x, t_model):
-        """Network output (with guidance) for state x; given positions are fed clean."""
+        """Network output (with guidance) for state x; given positions are fed clean. With CFG the
+        conditional and unconditional passes run as one batch of 2B (one forward per step)."""
         x_in = with_given(x, given, mask)
-        out = call_model(model, x_in, t_model, mask, model_kwargs)
         if cfg_scale == 1.0:
-            return out
-        un = call_model(model, x_in, t_model, mask, uncond_kwargs)
+            return call_model(model, x_in, t_model, mask, model_kwargs)
+        both = call_model(
+            model,
+            _twice(x_in),
+            torch.cat([t_model, t_model]),
+            None if mask is None else _twice(mask),
+            _stack_kwargs(model_kwargs or {}, uncond_kwargs),
+        )
+        b = len(x_in) if packed else x_in.shape[0]
+        out, un = (both[:b], both[b:])
 
         def guide(o, u):  # guide the prediction channels; a learned variance stays conditional
             c = o.shape[0 if packed else 1] // (2 if diffusion.learn_sigma else 1)
@@ -107,7 +138,7 @@ def sample(
             rest = o[c:] if packed else o[:, c:]
             return torch.cat([g, rest], dim=0 if packed else 1)
 
-        return _map(guide, out, un)
+        return _map(guide, list(out) if packed else out, list(un) if packed else un)
 
     n = len(shape) if packed else shape[0]
     if sampler == "euler":
