@@ -168,8 +168,38 @@ class VideoDiffusion(L.LightningModule):
 
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
+        self.check_data_matches()
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
             object.__setattr__(self, "_net", torch.compile(self.dit))
+
+    def check_data_matches(self) -> None:
+        """Stop before step one when the data module counts tokens with another patch size or codec
+        stride than the model uses (its batches, buckets and packs would be sized wrongly)."""
+        trainer = self._trainer
+        grid = getattr(getattr(trainer, "datamodule", None), "grid", None) if trainer is not None else None
+        if grid is None:
+            return
+        pairs = (
+            (
+                "model.dit.patch_size",
+                tuple(self.dit.patch_size),
+                "data.init_args.patch_size",
+                tuple(grid.patch_size),
+            ),
+            (
+                "model.codec (downsample)",
+                tuple(self.codec.downsample),
+                "data.init_args.latent_downsample",
+                tuple(grid.latent_downsample),
+            ),
+        )
+        for model_key, model_value, data_key, data_value in pairs:
+            if model_value != data_value:
+                raise ValueError(
+                    f"{model_key}={list(model_value)} but {data_key}={list(data_value)}: set them equal "
+                    f"(e.g. {data_key}: ${{model.dit.patch_size}} in the config), else batches are sized "
+                    "for the wrong token count"
+                )
 
     def configure_model(self) -> None:
         """FSDP2 under `lightning_modules.strategies.FSDP2Strategy` (configs/train/fsdp.yaml): each DiT
@@ -297,21 +327,28 @@ class VideoDiffusion(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, batch_idx, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Generate one video per batch element, with the batch's labels / captions and shape."""
-        video = batch["videos"][0][None] if _is_packed(batch) else batch["video"]
-        n = len(batch["videos"]) if _is_packed(batch) else video.shape[0]
-        _, _, frames, height, width = video.shape
-        return self.generate(
-            n,
-            num_frames=frames,
-            height=height,
-            width=width,
-            seed=self._seed() + batch_idx * 100_003 + self.global_rank,
-            batch_size=n,
-            labels=batch.get("label"),
-            captions=batch.get("caption"),
-        )
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor | list[torch.Tensor]:
+        """Generate one video per batch element, with the batch's labels / captions and shape: a
+        tensor (B, 3, T, H, W) for a bucketed batch, a list of (3, T_i, H_i, W_i) for a packed one
+        (every clip at its own shape)."""
+        seed = self._seed() + batch_idx * 100_003 + self.global_rank
+        labels, captions = batch.get("label"), batch.get("caption")
+        if not _is_packed(batch):
+            _, _, frames, height, width = batch["video"].shape
+            n = batch["video"].shape[0]
+            return self.generate(n, num_frames=frames, height=height, width=width, seed=seed, batch_size=n,
+                                 labels=labels, captions=captions)  # fmt: skip
+        out = []
+        for i, video in enumerate(batch["videos"]):  # (3, T_i, H_i, W_i)
+            _, frames, height, width = video.shape
+            out.append(
+                self.generate(
+                    1, num_frames=frames, height=height, width=width, seed=seed + i, batch_size=1,
+                    labels=None if labels is None else torch.as_tensor(labels)[i : i + 1],
+                    captions=None if captions is None else list(captions)[i : i + 1],
+                )[0]
+            )  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict]:

@@ -5,6 +5,7 @@ latents, deterministic generation and the sampling checkpoint round trip."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -209,3 +210,33 @@ def test_model_step_reduces_the_loss_with_the_stated_weighting(weighting, expect
 
     monkeypatch.setattr(m.objective, "training_losses", fake)
     assert m.model_step(b, 0, "val").item() == pytest.approx(expected)
+
+
+def test_predict_step_samples_every_packed_clip_at_its_own_shape():
+    m = tiny(objective="flow", sample_steps=2)
+    videos = [torch.zeros(3, 4, 16, 16), torch.zeros(3, 1, 8, 16), torch.zeros(3, 2, 16, 8)]
+    out = m.predict_step({"videos": videos, "meta": [{}] * 3}, 0)
+    assert [tuple(o.shape) for o in out] == [tuple(v.shape) for v in videos]
+    bucketed = m.predict_step({"video": torch.zeros(2, 3, 4, 16, 16)}, 0)
+    assert bucketed.shape == (2, 3, 4, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "data_kw,names",
+    [
+        ({"patch_size": (1, 2, 2)}, "model.dit.patch_size=[1, 4, 4] but data.init_args.patch_size=[1, 2, 2]"),
+        (
+            {"latent_downsample": (1, 8, 8), "height": 64, "width": 64, "patch_size": (1, 4, 4)},
+            "model.codec (downsample)=[1, 1, 1] but data.init_args.latent_downsample=[1, 8, 8]",
+        ),
+    ],
+)
+def test_fit_stops_at_once_when_model_and_data_count_tokens_differently(data_kw, names, tmp_path):
+    import lightning as L
+
+    kw = {"num_samples": 2, "num_frames": 2, "height": 16, "width": 16, "batch_size": 2} | data_kw
+    dm = SyntheticVideoDataModule(**kw)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(names)):
+        trainer.fit(tiny(), datamodule=dm)
