@@ -26,7 +26,7 @@ from torch import nn
 from lightning_modules.diffusion.common import reduce_loss
 from lightning_modules.diffusion.flow import RectifiedFlow
 from lightning_modules.diffusion.gaussian import GaussianDiffusion
-from lightning_modules.diffusion.masks import MaskGenerator
+from lightning_modules.diffusion.masks import MaskGenerator, align_to_tubelets
 from lightning_modules.diffusion.samplers import sample
 from lightning_modules.nets.codecs import IdentityCodec, LatentCodec, build_from_spec
 from lightning_modules.nets.dit import DIT_PRESETS, VideoDiT
@@ -294,10 +294,20 @@ class VideoDiffusion(L.LightningModule):
         shapes = [tuple(z.shape) for z in x0] if packed else [tuple(x0.shape[1:])] * n  # (C, T', H', W')
         mask = None
         if self.masks is not None:
+            # token-level draws are whole tubelets already; align_to_tubelets is the one rule that
+            # training and sampling share (a no-op here, a guard for any other mask source)
             if packed:
-                mask = [self.masks(1, *s[1:], self.patch_size, cpu_gen)[0].to(self.device) for s in shapes]
+                mask = [
+                    align_to_tubelets(self.masks(1, *s[1:], self.patch_size, cpu_gen)[0], self.patch_size).to(
+                        self.device
+                    )
+                    for s in shapes
+                ]
             else:
-                mask = self.masks(n, *shapes[0][1:], self.patch_size, cpu_gen).to(self.device)
+                mask = align_to_tubelets(
+                    self.masks(n, *shapes[0][1:], self.patch_size, cpu_gen), self.patch_size
+                )
+                mask = mask.to(self.device)
         drop = torch.rand(n, generator=cpu_gen) < (self.hparams.cond_drop_prob if training else 0.0)
         model_kwargs = self.conditioning(batch, n, drop=drop)
 
@@ -495,11 +505,21 @@ class VideoDiffusion(L.LightningModule):
                     part["caption"] = list(captions)[start : start + b]
                 model_kwargs = self.conditioning(part, b)
                 uncond_kwargs = self.conditioning(part, b, null=True) if cfg_scale != 1.0 else None
-                given_z = mask_z = None
+                given_z = mask_z = asked_z = None
                 if given is not None:
                     given_z = self.codec.encode(given[start : start + b].to(self.device).float())
                     per_sample = mask.dim() == 5 and mask.shape[0] == n and n > 1
-                    mask_z = self._latent_mask(mask[start : start + b] if per_sample else mask, b, latent_thw)
+                    asked_z = self._latent_mask(
+                        mask[start : start + b] if per_sample else mask, b, latent_thw
+                    )
+                    mask_z = align_to_tubelets(asked_z, self.patch_size)
+                    if start == 0 and not torch.equal(mask_z, asked_z):
+                        rank_zero_warn(
+                            f"the given positions do not fill whole tubelets (patch_size={list(self.patch_size)}): "
+                            "partly given tubelets are generated, then their given frames are put back "
+                            "(there may be a seam); give whole tubelets (e.g. a multiple of "
+                            f"{self.patch_size[0]} frames) for a seamless result"
+                        )
                 z = sample(
                     self.dit,
                     self.objective,
@@ -516,6 +536,8 @@ class VideoDiffusion(L.LightningModule):
                     # whatever batch_size splits the n samples
                     generator=[_seeded(seed, i) for i in range(start, start + b)],
                 )
+                if asked_z is not None:  # given latents kept exactly, partly given tubelets included
+                    z = torch.where(asked_z, given_z.to(z.dtype), z)
                 video = self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1)  # (b, 3, T, H, W)
                 outs.append(video.float().cpu())
         finally:

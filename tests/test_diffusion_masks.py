@@ -95,3 +95,18 @@ def test_bad_probabilities():
         MaskGenerator(probs={"outpaint": 1.0})
     with pytest.raises(ValueError, match="positive sum"):
         MaskGenerator(probs={"predict": 0.0})
+
+
+def test_align_to_tubelets_keeps_only_whole_tubelets_and_ignores_padding():
+    from lightning_modules.diffusion.masks import align_to_tubelets
+
+    m = torch.zeros(2, 1, 5, 4, 4, dtype=torch.bool)
+    m[0, :, :3] = True  # frames 0-2 with pt=2: tubelet 0 whole, tubelet 1 half
+    m[1, :, 4] = True  # frame 4: the last tubelet is frame 4 + padding
+    m[1, :, 0, :2, :2] = True  # one whole 2x2 patch of frame 0 only: half a (2, 2, 2) tubelet
+    out = align_to_tubelets(m, (2, 2, 2))
+    assert out[0, :, :2].all() and not out[0, :, 2:].any()
+    assert out[1, :, 4].all() and not out[1, :, :4].any()
+    assert torch.equal(align_to_tubelets(m, (1, 1, 1)), m)
+    tokens = MaskGenerator()(4, 5, 4, 4, (2, 2, 2), torch.Generator().manual_seed(0))[:, 0]
+    assert torch.equal(align_to_tubelets(tokens, (2, 2, 2)), tokens)  # training draws are whole tubelets

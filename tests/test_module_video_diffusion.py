@@ -240,3 +240,34 @@ def test_fit_stops_at_once_when_model_and_data_count_tokens_differently(data_kw,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     with pytest.raises(ValueError, match=re.escape(names)):
         trainer.fit(tiny(), datamodule=dm)
+
+
+def test_partly_given_tubelets_are_generated_consistently_and_the_given_frames_kept():
+    """Temporal patch 2, frame 0 of 5 given: tubelet 0 (frames 0-1) is only partly given, so the network
+    is fed it noisy and tagged generated (not clean-but-tagged-generated); frame 0 comes out as given,
+    with a warning. The last tubelet (frame 4 + padding) given in full counts as given."""
+    torch.manual_seed(0)
+    m = VideoDiffusion(dit=dict(TINY, patch_size=(2, 4, 4)), objective="flow", sample_steps=2)
+    seen = []
+    forward = m.dit.forward
+    m.dit.forward = lambda x, t, mask=None, **kw: (
+        seen.append((x.clone(), mask.clone())),
+        forward(x, t, mask=mask, **kw),
+    )[1]
+    given = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    mask = predict_mask(5, 16, 16, 1)  # frame 0 only
+    with pytest.warns(UserWarning, match="whole tubelets"):
+        out = m.generate(1, num_frames=5, height=16, width=16, given=given, mask=mask)
+    x_in, fed_mask = seen[0]
+    assert not fed_mask.any()  # tubelet 0 is generated: nothing fed as given ...
+    assert not torch.allclose(x_in[:, :, 0], given[:, :, 0])  # ... and frame 0 fed noisy, not clean
+    torch.testing.assert_close(out[:, :, 0], given[:, :, 0])  # then put back exactly
+    seen.clear()
+    last = torch.zeros(1, 5, 16, 16, dtype=torch.bool)
+    last[:, 4] = True  # the last tubelet: frame 4 and a padding frame
+    m.generate(1, num_frames=5, height=16, width=16, given=given, mask=last)
+    x_in, fed_mask = seen[0]
+    assert fed_mask[:, :, 4].all() and not fed_mask[:, :, :4].any()
+    torch.testing.assert_close(x_in[:, :, 4], given[:, :, 4])
+    tokens = m.dit._given_tokens(fed_mask, x_in).reshape(1, 3, 4, 4)  # (B, gt, gh, gw)
+    assert tokens[:, 2].all() and not tokens[:, :2].any()  # padding does not veto a given tubelet

@@ -24,6 +24,30 @@ DEFAULT_PROBS = {  # VDT-like mix: mostly generation, then each conditioning tas
 INTERPOLATE_STRIDE = 4  # interpolation keeps every 4th frame and the last one (VDT)
 
 
+# ---- tubelets -----------------------------------------------------------------------------------
+
+
+def align_to_tubelets(mask: torch.Tensor, patch_size) -> torch.Tensor:
+    """A mask (..., T, H, W) bool made constant inside each (pt, ph, pw) tubelet: a tubelet is given
+    only when every one of its positions is given; a partly given tubelet becomes generated (fed
+    noisy, carries loss), so what the network is fed and how its tokens are tagged always agree.
+    Padding frames past T (T not a multiple of pt) do not count. Training and sampling both use it;
+    sampling puts the given frames of a partly given tubelet back afterwards (`generate` warns)."""
+    pt, ph, pw = (int(p) for p in patch_size)
+    if (pt, ph, pw) == (1, 1, 1):
+        return mask
+    lead, (T, H, W) = mask.shape[:-3], mask.shape[-3:]
+    if H % ph or W % pw:
+        raise ValueError(f"mask of {H}x{W} positions is not a multiple of the patch {ph}x{pw}")
+    m = mask.reshape(-1, T, H, W)
+    if T % pt:  # padding is don't-care: it never keeps a tubelet from being given
+        m = torch.cat([m, m.new_ones(m.shape[0], pt - T % pt, H, W)], dim=1)
+    gt, gh, gw = m.shape[1] // pt, H // ph, W // pw
+    whole = m.reshape(-1, gt, pt, gh, ph, gw, pw).all(dim=6).all(dim=4).all(dim=2)  # (B, gt, gh, gw)
+    full = whole.repeat_interleave(pt, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)[:, :T]
+    return full.reshape(*lead, T, H, W)
+
+
 # ---- explicit builders (latent positions, one clip) ------------------------------------------
 
 

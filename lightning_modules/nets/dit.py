@@ -330,7 +330,11 @@ class VideoDiT(nn.Module):
             raise ValueError(
                 f"mask must be (B, 1, T, H, W) matching x {tuple(x.shape)}; got {tuple(mask.shape)}"
             )
-        return self._patchify(mask.to(x.dtype)).amin(dim=-1).round().long()  # (B, N)
+        m = mask.to(x.dtype)
+        pt = self.patch_size[0]
+        if m.shape[2] % pt:  # padding frames are don't-care (ones), not "generated" (zeros)
+            m = nn.functional.pad(m, (0, 0, 0, 0, 0, pt - m.shape[2] % pt), value=1.0)
+        return self._patchify(m).amin(dim=-1).round().long()  # (B, N)
 
     def _condition(self, t, y, pooled_text, batch: int, device) -> torch.Tensor:
         """Per-sample conditioning vector c (B, D): timestep + class + pooled text."""
