@@ -47,3 +47,53 @@ def to_tensor(
     if flip:
         video = video.flip(-1)
     return video  # (3, T, H, W) uint8, a strided view: collate gathers and scales it in one pass
+
+
+class LatentMappingError(ValueError):
+    """Precomputed latents cannot follow what the loader did to the frames (resize, strided frames
+    through a temporal codec factor, a latent of another size): a configuration error, never skipped."""
+
+
+def latent_view(
+    latent: torch.Tensor,
+    *,
+    frame_indices: list[int],
+    crop: tuple[int, int, int, int],
+    flip: bool,
+    native: tuple[int, int],
+    resized: tuple[int, int],
+    factors: tuple[int, int, int],
+    key: str = "",
+) -> torch.Tensor:
+    """The part of a clip's precomputed latent (C, T', H', W') that matches the frames the loader
+    hands over: frame indices through the codec's temporal factor dt, the crop (top, left, height,
+    width) through its spatial factors (dh, dw), and the flip. A resize cannot be followed."""
+    dt, dh, dw = factors
+    h, w = native
+    if tuple(resized) != (h, w):
+        raise LatentMappingError(
+            f"sample {key}: frames are resized from {h}x{w} to {resized[0]}x{resized[1]} (height/width or "
+            "buckets), which precomputed latents cannot follow: train at the stored size (data.init_args."
+            f"height={h}, width={w} or a crop of it) or set data.init_args.load_latents=false"
+        )
+    if latent.dim() != 4 or tuple(latent.shape[2:]) != (h // dh, w // dw):
+        raise LatentMappingError(
+            f"sample {key}: latent.npy has shape {tuple(latent.shape)}, expected (C, T', {h // dh}, {w // dw}) for "
+            f"{h}x{w} frames and latent_downsample={list(factors)}: set data.init_args.latent_downsample to the "
+            "codec that made the latents"
+        )
+    idx = list(frame_indices)
+    if dt == 1:
+        z = latent[:, idx]
+    elif idx == list(range(idx[0], idx[0] + len(idx))) and idx[0] % dt == 0 and len(idx) % dt == 0:
+        z = latent[:, idx[0] // dt : (idx[0] + len(idx)) // dt]
+    else:
+        raise LatentMappingError(
+            f"sample {key}: frames {idx[:4]}... are not whole, consecutive groups of the codec's temporal factor "
+            f"{dt}: use frame_stride=1 with latents of a temporal codec, or load_latents=false"
+        )
+    top, left, hh, ww = crop
+    if top % dh or left % dw or hh % dh or ww % dw:
+        raise LatentMappingError(f"sample {key}: crop {crop} is not on the latent grid ({dh}x{dw})")
+    z = z[:, :, top // dh : (top + hh) // dh, left // dw : (left + ww) // dw]
+    return z.flip(-1) if flip else z

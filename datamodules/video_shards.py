@@ -76,7 +76,7 @@ from datamodules.packing import StreamPacker, TokenGrid
 from datamodules.resumable import ResumableLoaderMixin
 from datamodules.sampling import ShortPolicy, frame_indices, max_frames, sampling_step
 from datamodules.shards import expand_shards, raw_samples, scan_metadata
-from datamodules.transforms import cover_size, crop_offsets, to_tensor
+from datamodules.transforms import LatentMappingError, cover_size, crop_offsets, latent_view, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,19 @@ class ShardDataset(IterableDataset):
             )  # (3, T, H, W) uint8; collate scales it to [-1, 1]
             sample = {k: plan[k] for k in ("caption", "label", "fps", "meta", "bucket", "tokens")}
             sample["video"] = video
-            if "latent_bytes" in plan:
-                sample["latent"] = torch.from_numpy(np.load(io.BytesIO(plan["latent_bytes"]))).float()
+            if "latent_bytes" in plan:  # the latent of exactly these frames, crop and flip
+                sample["latent"] = latent_view(
+                    torch.from_numpy(np.load(io.BytesIO(plan["latent_bytes"]))).float(),
+                    frame_indices=meta["frame_indices"],
+                    crop=meta["crop"],
+                    flip=meta["flip"],
+                    native=plan["native"],
+                    resized=plan["resized"],
+                    factors=tuple(self.o.latent_downsample),
+                    key=meta.get("key", ""),
+                )
+        except LatentMappingError:
+            raise  # a configuration error: skipping every sample would hide it
         except Exception as exn:  # noqa: BLE001 - a bad sample costs one sample, never the run
             self._count(wid, "corrupt")
             log.warning("sample %s (%s): %r, skipped", meta.get("key"), meta.get("__url__"), exn)
@@ -252,10 +263,14 @@ class ShardDataset(IterableDataset):
         bucket, t, hh, ww = shape
         rh, rw = cover_size(h, w, hh, ww)
         top, left = crop_offsets(rh, rw, hh, ww, rng)
+        if self.o.load_latents:  # crops on the latent grid, so that latents can follow them
+            _, dh, dw = self.o.latent_downsample
+            top, left = top - top % dh, left - left % dw
         flip = bool(self.o.hflip and rng is not None and rng.random() < 0.5)
         meta.update(frame_indices=idx, crop=[top, left, hh, ww], flip=flip)
         tokens = self.grid.tokens(t, hh, ww) if self.o.batching == "pack" else 0
-        return {"load": lambda: load((rh, rw)), "fps": fps, "bucket": bucket, "tokens": tokens}
+        return {"load": lambda: load((rh, rw)), "fps": fps, "bucket": bucket, "tokens": tokens,
+                "native": (h, w), "resized": (rh, rw)}  # fmt: skip
 
     def _plan_video(self, data: bytes, meta: dict, rng, *, wid: int) -> dict | None:
         o = self.o
@@ -568,7 +583,10 @@ class VideoShardsDataModule(L.LightningDataModule):
             pack_window, pack_min_fill: packing shuffle window (clips) and the fill at which a pack is emitted.
             patch_size, latent_downsample: token counting (match the model and the latent codec).
             shuffle_shards, shuffle_buffer, resampled, batches_per_epoch: streaming (module docstring).
-            load_latents: attach ``latent.npy`` as batch["latent"] / ["latents"].
+            load_latents: attach ``latent.npy`` (the whole clip's latent at its stored size) as
+                batch["latent"] / ["latents"], cut to the frames, crop and flip of the video through the
+                codec factors `latent_downsample`; crops snap to the latent grid; a resize (height/width
+                below the stored size, buckets) cannot be followed and stops the run (LatentMappingError).
             seed: everything random in the data is drawn from (seed, epoch, key / rank / worker).
             rank, world_size: override the trainer's (tests, custom launchers).
         """
