@@ -13,7 +13,10 @@ A *layout* owns the geometry of one forward pass and is built once per batch (ne
     N_total^2 where factorized attention costs sum(T * S^2) (vit-pytorch PR #353 measured dense masks
     6x slower than padding), so masks are only built for the other backends.
   - `sdpa_dense`: one boolean (N, N) mask and SDPA -- the simple reference implementation.
-  - `flex`: `torch.nn.attention.flex_attention` with a BlockMask over segment ids (compiled; GPU).
+  - `flex`: `torch.nn.attention.flex_attention` with a BlockMask built from the segment boundaries
+    (`segment_block_mask`: tiles along the block diagonal, no N x N evaluation), compiled once with
+    dynamic shapes (packed lengths change every batch). Worth it on GPUs for long packed sequences;
+    not on CPU (use `sdpa`: inductor's CPU flex kernel compiles slowly and runs no faster).
   - `flash`: `flash_attn_varlen_func` over cu_seqlens (CUDA, fp16/bf16, when flash-attn is installed).
 
 Every `attend` takes and returns q/k/v shaped (B, N, heads, head_dim).
@@ -36,9 +39,11 @@ except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_varlen_func = None
 
 try:  # torch >= 2.5
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 except ImportError:  # pragma: no cover - old torch
-    create_block_mask = flex_attention = None
+    BlockMask = create_block_mask = flex_attention = None
+
+FLEX_BLOCK = 128  # flex_attention's default tile
 
 
 def check_backend(backend: str, device: torch.device | None = None) -> None:
@@ -58,8 +63,47 @@ def check_backend(backend: str, device: torch.device | None = None) -> None:
 
 @functools.cache
 def _compiled_flex():
-    # compiled once per process: eager flex_attention materialises the full score matrix
-    return torch.compile(flex_attention, dynamic=False)
+    # compiled once per process (eager flex_attention materialises the full score matrix), with
+    # dynamic shapes: packed sequences change length every batch, and dynamic=False recompiled for
+    # each new length
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def segment_block_mask(seg_sorted: torch.Tensor, block: int = FLEX_BLOCK):
+    """BlockMask for attention within contiguous segments (`seg_sorted` (N,): non-decreasing segment
+    id per position), built from the segment boundaries in O(N + blocks) memory.
+    `create_block_mask` evaluates the mask on the full N x N grid (4 GiB of bools at 65 k tokens);
+    here only the tiles along the block diagonal are listed: query tile b sees the kv tiles from the
+    start of its first token's segment to the end of its last token's segment, all marked partial
+    (the mask_mod decides inside them)."""
+    n = seg_sorted.numel()
+    device = seg_sorted.device
+    change = torch.ones(n, dtype=torch.bool, device=device)
+    change[1:] = seg_sorted[1:] != seg_sorted[:-1]
+    starts = torch.nonzero(change).flatten()  # (S,) first position of each segment
+    ends = torch.cat([starts[1:], torch.tensor([n], device=device)])  # (S,) one past the last
+    which = torch.cumsum(change.long(), 0) - 1  # (N,) segment index per position
+    nq = -(-n // block)
+    q_first = torch.arange(nq, device=device) * block
+    q_last = torch.clamp(q_first + block, max=n) - 1
+    lo = starts[which[q_first]] // block  # (nq,) first kv tile
+    hi = (ends[which[q_last]] - 1) // block  # (nq,) last kv tile
+    count = hi - lo + 1
+    # (nq, nq) tile indices (BlockMask's layout: one row per query tile, as wide as the tile count;
+    # tiles, not tokens: 512 x 512 int32 = 1 MiB at 65 k tokens); entries past `count` are unused
+    kv_indices = lo[:, None] + torch.arange(nq, device=device)[None]
+    kv_indices = torch.where(kv_indices <= hi[:, None], kv_indices, torch.zeros_like(kv_indices))
+
+    def same_segment(b, h, q_idx, kv_idx):
+        return seg_sorted[q_idx] == seg_sorted[kv_idx]
+
+    return BlockMask.from_kv_blocks(
+        count[None, None].to(torch.int32),
+        kv_indices[None, None].to(torch.int32),
+        BLOCK_SIZE=block,
+        mask_mod=same_segment,
+        seq_lengths=(n, n),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,14 +352,8 @@ class PackedLayout:
         return out if seg.identity else out[:, seg.inverse]
 
     def _attend_flex(self, q, k, v, seg: _Segments):
-        n = q.shape[1]
-        if seg._block_mask is None:
-            seg_sorted = seg.seg_id[seg.order]  # segment id per position in contiguous order
-
-            def same_segment(b, h, q_idx, kv_idx):
-                return seg_sorted[q_idx] == seg_sorted[kv_idx]
-
-            seg._block_mask = create_block_mask(same_segment, None, None, n, n, device=q.device)
+        if seg._block_mask is None:  # segment id per position in contiguous order: non-decreasing
+            seg._block_mask = segment_block_mask(seg.seg_id[seg.order])
 
         def run(q, k, v):
             out = _compiled_flex()(
