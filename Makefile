@@ -22,7 +22,7 @@ REPORT  ?= eval_report.json
 ARGS    ?=
 
 
-.PHONY: help setup test test-full lint curate train sample eval demo bench clean
+.PHONY: help setup test test-full lint curate train sample eval demo bench gpu-check clean
 
 help: ## list the targets and what they do
 	@echo "videodit targets (variables: RAW OUT CONFIG EXP CKPT REAL FAKE METRICS PROTOCOL ARGS):"
@@ -57,21 +57,15 @@ eval: setup ## FVD/FID/IS report: make eval REAL=<shards|dir> FAKE=<dir|ckpt> [M
 	$(PY) -m lightning_modules.evaluate --real $(REAL) --fake $(FAKE) --metrics $(METRICS) \
 		--protocol $(PROTOCOL) --out $(REPORT) $(ARGS)
 
-demo: setup ## end to end on synthetic footage: generate -> curate -> train -> sample -> evaluate (CPU, minutes)
-	$(PY) -m curation.synthetic $(DEMO)/raw --videos 6 --seed 0
-	$(PY) -m curation configs/curate/synthetic.yaml raw=$(DEMO)/raw out=$(DEMO)/curated caption.enabled=false $(ARGS)
-	$(PY) -m lightning_modules fit --config configs/train/demo.yaml --data.init_args.data_dir=$(DEMO)/curated
-	$(PY) -m lightning_modules.sample --ckpt runs/demo/checkpoints/last.ckpt --task predict \
-		--given $(DEMO)/raw/*.mp4 --given-frames 2 --frames 10 --num 4 --out $(DEMO)/samples
-	$(PY) -m lightning_modules.evaluate --real $(DEMO)/curated --fake $(DEMO)/samples --metrics fvd \
-		--protocol fvd2048_16f --num-real 4 --num-fake 4 --num-frames 10 --allow-random-detector \
-		--out $(DEMO)/eval_report.json
-	@echo "demo: curated $(DEMO)/curated (report.html), checkpoint runs/demo/checkpoints/last.ckpt,"
-	@echo "      samples $(DEMO)/samples, FVD report $(DEMO)/eval_report.json (random detector: uncalibrated)"
+demo: setup ## end to end on CPU (~10 min): footage -> curate -> train -> sample -> FVD; see demo_out/
+	$(PY) -m lightning_modules.demo --out $(DEMO) $(ARGS)
 
 bench: setup ## run the benchmarks in bench/ and print one table of their ratios
 	@for b in bench/*.py; do [ "$$b" = bench/table.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
 	$(PY) bench/table.py
+
+gpu-check: setup ## on a GPU machine (~8 min): gpu tests, bf16 fits, attention backends, compile, FSDP, step bench -> bench/results/gpu.json
+	$(PY) bench/gpu_check.py $(ARGS)
 
 clean: ## remove demo outputs and caches (keeps .venv)
 	rm -rf $(DEMO) runs lightning_logs samples .pytest_cache .ruff_cache
