@@ -90,3 +90,14 @@ def test_rectified_flow_overfits_one_clip():
     assert drop >= 10, f"loss fell only {drop:.1f}x"
     out = sample(model, f, x0.shape, sampler="euler", steps=50, generator=torch.Generator().manual_seed(1))
     assert psnr(out, x0) >= 20, f"PSNR {psnr(out, x0):.1f} dB"
+
+
+def test_rectified_flow_predicting_x0_overfits_with_a_quarter_of_the_batch():
+    """x0-prediction (the demo's setting): 4x4x3 = 48 values per token through a 64-wide network. At
+    batch 8 and the same 300 steps, velocity prediction reaches 21.4 dB and x0-prediction 31.2 dB
+    (measured); 27 dB separates them."""
+    f = RectifiedFlow(shift_base_tokens=64, prediction="x0")
+    model, x0, drop = overfit(f, batch=8)
+    assert drop >= 10, f"loss fell only {drop:.1f}x"
+    out = sample(model, f, x0.shape, sampler="euler", steps=50, generator=torch.Generator().manual_seed(1))
+    assert psnr(out, x0) >= 27, f"PSNR {psnr(out, x0):.1f} dB"
