@@ -4,7 +4,13 @@
     python -m lightning_modules.sample --ckpt last.ckpt --task predict --given clip.mp4 --given-frames 4
     python -m lightning_modules.sample --ckpt last.ckpt --task interpolate --given clip.mp4 --stride 4
     python -m lightning_modules.sample --ckpt last.ckpt --task i2v --given image_or_clip.mp4 --frame 0
+    python -m lightning_modules.sample --ckpt last.ckpt --task extend --frames 3xT --overlap 2
     (make sample CKPT=last.ckpt ARGS="--task predict --given clip.mp4")
+
+`--task extend` generates past the training length chunk by chunk (each chunk of the training
+length, conditioned on the last `--overlap` frames of the previous one; `--frames` may be `3xT`,
+three training lengths). Given content conditions by replacement for mask-trained models and by VDM
+reconstruction guidance (`--guidance-weight`) otherwise (`--conditioning auto|replace|guidance`).
 
 Masked tasks keep the given frames of `--given` (resized to --height x --width, first --frames
 frames) and generate the rest. Shapes default to the clip shape the checkpoint was trained on.
@@ -31,7 +37,7 @@ from lightning_modules.diffusion.masks import (
     unconditional_mask,
 )
 
-TASKS = ("uncond", "predict", "interpolate", "i2v")
+TASKS = ("uncond", "predict", "interpolate", "i2v", "extend")
 
 
 def task_mask(
@@ -74,7 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=TASKS, default="uncond", help="what is given (default: nothing)")
     p.add_argument("--out", default="samples", help="output directory (default: samples)")
     p.add_argument("--num", type=int, default=4, help="number of videos (default: 4)")
-    p.add_argument("--frames", type=int, help="frames per video (default: the training clips')")
+    p.add_argument("--frames", help="frames per video (default: the training clips'); extend: N or KxT")
+    p.add_argument("--overlap", type=int, default=2, help="extend: frames each chunk is conditioned on")
+    p.add_argument("--conditioning", choices=("auto", "replace", "guidance"), default="auto",
+                   help="how given frames condition: replace (mask-trained), guidance (VDM), auto")  # fmt: skip
+    p.add_argument("--guidance-weight", type=float, default=2.0, help="reconstruction guidance weight w_r")
     p.add_argument("--height", type=int, help="height in pixels (default: the training clips')")
     p.add_argument("--width", type=int, help="width in pixels (default: the training clips')")
     p.add_argument("--given", nargs="+", help="video/image file(s) for masked tasks, cycled over samples")
@@ -100,13 +110,26 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     model = VideoDiffusion.load_for_sampling(args.ckpt, use_ema=not args.no_ema, map_location=args.device)
     trained = model.sample_shape or (None, None, None)
-    t, h, w = (a if a is not None else d for a, d in zip((args.frames, args.height, args.width), trained))
+    frames = args.frames
+    if frames is not None and "x" in str(frames).lower():  # "3xT": multiples of the training length
+        if trained[0] is None:
+            raise SystemExit(f"--frames {frames}: this checkpoint records no training length; pass a number")
+        frames = int(str(frames).lower().split("x")[0]) * trained[0]
+    frames = int(frames) if frames is not None else None
+    total = frames if args.task == "extend" else None
+    if args.task == "extend":
+        frames = trained[0]  # each chunk has the training length
+    t, h, w = (a if a is not None else d for a, d in zip((frames, args.height, args.width), trained))
     if None in (t, h, w):
         raise SystemExit(
             "this checkpoint records no training clip shape: pass --frames, --height and --width"
         )
     given = mask = None
-    if args.task != "uncond":
+    if args.task == "extend" and args.given:  # the first chunk continues the given clip's first frames
+        clips = [read_video(p, num_frames=t, height=h, width=w) for p in args.given]
+        given = torch.stack([clips[i % len(clips)] for i in range(args.num)])
+        mask = task_mask("predict", t, h, w, k=args.given_frames)
+    elif args.task not in ("uncond", "extend"):
         if not args.given:
             raise SystemExit(f"--task {args.task} needs --given <video or image file(s)> to take frames from")
         clips = [read_video(p, num_frames=t, height=h, width=w) for p in args.given]
@@ -126,17 +149,28 @@ def main(argv: list[str] | None = None) -> list[Path]:
         mask=mask,
         steps=args.steps,
         cfg_scale=args.cfg_scale,
+        conditioning=args.conditioning,
+        guidance_weight=args.guidance_weight,
+        task="extend" if args.task == "extend" else "window",
+        total_frames=total,
+        overlap=args.overlap,
     )  # (n, 3, T, H, W)
     out = Path(args.out)
     paths = [write_mp4(out / f"{args.task}_{i:03d}.mp4", v, fps=args.fps) for i, v in enumerate(videos)]
     record = {
         "ckpt": str(args.ckpt),
         "args": vars(args),
-        "shape": [t, h, w],
+        "shape": [int(videos.shape[2]), h, w],
+        "chunk_frames": t if args.task == "extend" else None,
+        "overlap": args.overlap if args.task == "extend" else None,
+        "conditioning": model._conditioning_mode(args.conditioning)
+        if given is not None or args.task == "extend"
+        else None,
+        "guidance_weight": args.guidance_weight,
         "files": [p.name for p in paths],
     }
     (out / "samples.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {len(paths)} videos ({args.task}, {t}x{h}x{w}) to {out}")
+    print(f"wrote {len(paths)} videos ({args.task}, {videos.shape[2]}x{h}x{w}) to {out}")
     return paths
 
 

@@ -480,14 +480,36 @@ class VideoDiffusion(L.LightningModule):
         mask: torch.Tensor | None = None,
         steps: int | None = None,
         cfg_scale: float | None = None,
+        conditioning: Literal["auto", "replace", "guidance"] = "auto",
+        guidance_weight: float = 2.0,
+        task: Literal["window", "extend"] = "window",
+        total_frames: int | None = None,
+        overlap: int = 2,
     ) -> torch.Tensor:
         """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed (sample i depends on
         (seed, i) only, not on `batch_size`). `given` (n, 3, T, H, W)
         pixels and `mask` (True = given, pixel or latent resolution) condition on known content,
-        which the output keeps exactly at given positions (exactly in pixels with the identity codec)."""
+        which the output keeps exactly at given positions (exactly in pixels with the identity codec).
+
+        conditioning: how given content conditions the rest. "replace": given tokens fed clean (VDT
+        masks; needs a mask-trained model); "guidance": VDM reconstruction guidance of weight
+        `guidance_weight` for models trained without masks (rectified flow); "auto": replace when
+        the model was trained with `mask_probs`, else guidance.
+        task="extend": `total_frames` frames (any length) chunk by chunk, each chunk of `num_frames`
+        (the training length) conditioned on the last `overlap` frames of the one before."""
+        if task == "extend":
+            return self._extend(n, total_frames=total_frames, num_frames=num_frames, height=height, width=width,
+                                overlap=overlap, seed=seed, batch_size=batch_size, labels=labels, captions=captions,
+                                given=given, mask=mask, steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
+                                guidance_weight=guidance_weight)  # fmt: skip
+        if task != "window":
+            raise ValueError(f"task={task!r}: choose 'window' or 'extend'")
         if (given is None) != (mask is None):
             raise ValueError("pass `given` and `mask` together (mask True = position taken from `given`)")
         hp = self.hparams
+        if given is not None and self._conditioning_mode(conditioning) == "guidance":
+            return self._guided(n, num_frames, height, width, given, mask, seed, batch_size, labels, captions,
+                                steps or hp.sample_steps, guidance_weight)  # fmt: skip
         steps = steps or hp.sample_steps
         cfg_scale = hp.cfg_scale if cfg_scale is None else cfg_scale
         sampler = hp.sampler or DEFAULT_SAMPLER[hp.objective]
@@ -543,6 +565,72 @@ class VideoDiffusion(L.LightningModule):
         finally:
             self.train(was_training)
         return torch.cat(outs)
+
+    def _conditioning_mode(self, conditioning: str) -> str:
+        if conditioning == "auto":
+            return "replace" if self.masks is not None or self.hparams.objective != "flow" else "guidance"
+        if conditioning not in ("replace", "guidance"):
+            raise ValueError(f"conditioning={conditioning!r}: choose auto, replace or guidance")
+        if conditioning == "guidance" and self.hparams.objective != "flow":
+            raise ValueError("conditioning='guidance' (VDM reconstruction guidance) needs objective='flow'")
+        return conditioning
+
+    @torch.no_grad()
+    def _guided(
+        self, n, num_frames, height, width, given, mask, seed, batch_size, labels, captions, steps, weight
+    ):
+        """Reconstruction-guided samples (see `lightning_modules.diffusion.guidance`), per-sample seeds."""
+        from lightning_modules.diffusion.guidance import reconstruction_guided_sample
+
+        latent_thw = self.codec.latent_shape(num_frames, height, width)
+        was_training = self.training
+        self.eval()
+        outs = []
+        try:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                part = {}
+                if labels is not None:
+                    part["label"] = torch.as_tensor(labels)[start : start + b]
+                if captions is not None:
+                    part["caption"] = list(captions)[start : start + b]
+                given_z = self.codec.encode(given[start : start + b].to(self.device).float())
+                per_sample = mask.dim() == 5 and mask.shape[0] == n and n > 1
+                mask_z = self._latent_mask(mask[start : start + b] if per_sample else mask, b, latent_thw)
+                z = reconstruction_guided_sample(
+                    self.dit, self.objective, (b, self.codec.latent_channels, *latent_thw), given=given_z,
+                    mask=mask_z, weight=weight, steps=steps, model_kwargs=self.conditioning(part, b),
+                    generator=[_seeded(seed, i) for i in range(start, start + b)],
+                )  # fmt: skip
+                outs.append(self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1).float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(outs)
+
+    def _extend(self, n, *, total_frames, num_frames, overlap, seed, given, mask, **kw) -> torch.Tensor:
+        """Chunk-by-chunk generation past the training length (VDM / FDM style)."""
+        if total_frames is None or total_frames < num_frames:
+            raise ValueError(
+                f"task='extend' needs total_frames >= num_frames ({num_frames}), got {total_frames}"
+            )
+        if not 0 < overlap < num_frames:
+            raise ValueError(f"overlap={overlap} must lie in [1, num_frames - 1 = {num_frames - 1}]")
+        video = self.generate(
+            n, num_frames=num_frames, seed=seed, given=given, mask=mask, **kw
+        )  # (n, 3, T, H, W)
+        chunk = 1
+        while video.shape[2] < total_frames:
+            _, _, _, h, w = video.shape
+            cond = torch.zeros(n, 3, num_frames, h, w)
+            cond[:, :, :overlap] = video[:, :, -overlap:]
+            known = torch.zeros(n, 1, num_frames, h, w, dtype=torch.bool)
+            known[:, :, :overlap] = True
+            nxt = self.generate(
+                n, num_frames=num_frames, seed=seed + 7919 * chunk, given=cond, mask=known, **kw
+            )
+            video = torch.cat([video, nxt[:, :, overlap:]], dim=2)
+            chunk += 1
+        return video[:, :, :total_frames]
 
     @classmethod
     def load_for_sampling(

@@ -139,3 +139,15 @@ def test_task_masks():
     assert not sample_cli.task_mask("uncond", 4, 2, 2).any()
     with pytest.raises(ValueError, match="unknown"):
         sample_cli.task_mask("outpaint", 4, 2, 2)
+
+
+def test_sample_cli_extends_past_the_training_length(run, tmp_path):
+    """--task extend --frames 3xT: 18 frames from a checkpoint trained on 6-frame clips; the mp4
+    decodes and plays, samples.json records chunk length, overlap and conditioning."""
+    out = tmp_path / "out"
+    paths = sample_cli.main(["--ckpt", str(run["ckpt"]), "--task", "extend", "--frames", "3xT", "--overlap", "2",
+                             "--num", "1", "--out", str(out), "--steps", "2", "--label", "1"])  # fmt: skip
+    assert _frames(paths[0]).shape == (18, 16, 16, 3)
+    record = json.loads((out / "samples.json").read_text())
+    assert record["shape"] == [18, 16, 16] and record["chunk_frames"] == 6 and record["overlap"] == 2
+    assert record["conditioning"] == "replace"  # the checkpoint was trained with masks
