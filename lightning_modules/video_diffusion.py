@@ -508,6 +508,10 @@ class VideoDiffusion(L.LightningModule):
             raise ValueError("pass `given` and `mask` together (mask True = position taken from `given`)")
         hp = self.hparams
         if given is not None and self._conditioning_mode(conditioning) == "guidance":
+            if (hp.cfg_scale if cfg_scale is None else cfg_scale) != 1.0:
+                rank_zero_warn(
+                    "reconstruction guidance samples without classifier-free guidance (cfg_scale ignored)"
+                )
             return self._guided(n, num_frames, height, width, given, mask, seed, batch_size, labels, captions,
                                 steps or hp.sample_steps, guidance_weight)  # fmt: skip
         steps = steps or hp.sample_steps

@@ -19,7 +19,9 @@ class ImagesThenVideos(SyntheticVideoDataModule):
     """Training batches are images (T = 1); validation clips are 4-frame videos."""
 
     def train_dataloader(self):
-        images = SyntheticVideoDataModule(num_samples=8, num_frames=1, height=16, width=16, batch_size=4)
+        images = SyntheticVideoDataModule(
+            num_samples=8, num_frames=1, height=16, width=16, batch_size=4, patch_size=TINY["patch_size"]
+        )
         return images.train_dataloader()
 
 
@@ -43,8 +45,9 @@ def _fit(tmp_path, data, cb, **kw):
 
 def _data(**kw):
     return ImagesThenVideos(
-        num_samples=8, num_val_samples=4, num_frames=4, height=16, width=16, batch_size=4, **kw
-    )
+        num_samples=8, num_val_samples=4, num_frames=4, height=16, width=16, batch_size=4,
+        patch_size=TINY["patch_size"], **kw,
+    )  # fmt: skip
 
 
 def test_predict_takes_its_given_frames_from_validation_clips_when_training_starts_with_images(tmp_path):

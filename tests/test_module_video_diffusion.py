@@ -257,7 +257,7 @@ def test_partly_given_tubelets_are_generated_consistently_and_the_given_frames_k
     given = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     mask = predict_mask(5, 16, 16, 1)  # frame 0 only
     with pytest.warns(UserWarning, match="whole tubelets"):
-        out = m.generate(1, num_frames=5, height=16, width=16, given=given, mask=mask)
+        out = m.generate(1, num_frames=5, height=16, width=16, given=given, mask=mask, conditioning="replace")
     x_in, fed_mask = seen[0]
     assert not fed_mask.any()  # tubelet 0 is generated: nothing fed as given ...
     assert not torch.allclose(x_in[:, :, 0], given[:, :, 0])  # ... and frame 0 fed noisy, not clean
@@ -265,7 +265,7 @@ def test_partly_given_tubelets_are_generated_consistently_and_the_given_frames_k
     seen.clear()
     last = torch.zeros(1, 5, 16, 16, dtype=torch.bool)
     last[:, 4] = True  # the last tubelet: frame 4 and a padding frame
-    m.generate(1, num_frames=5, height=16, width=16, given=given, mask=last)
+    m.generate(1, num_frames=5, height=16, width=16, given=given, mask=last, conditioning="replace")
     x_in, fed_mask = seen[0]
     assert fed_mask[:, :, 4].all() and not fed_mask[:, :, :4].any()
     torch.testing.assert_close(x_in[:, :, 4], given[:, :, 4])

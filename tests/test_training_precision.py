@@ -15,7 +15,9 @@ TINY = {"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)}
 
 
 def _data():
-    return SyntheticVideoDataModule(num_samples=8, num_frames=4, height=16, width=16, batch_size=4)
+    return SyntheticVideoDataModule(
+        num_samples=8, num_frames=4, height=16, width=16, batch_size=4, patch_size=TINY["patch_size"]
+    )
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
