@@ -257,3 +257,22 @@ def test_packed_backends_on_cuda_match_per_sample_bf16(backend):
         for i, x in enumerate(xs):
             single = model(x[None], t[i : i + 1], mask=masks[i][None])[0]
             torch.testing.assert_close(packed[i].float(), single.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_dit_config_accepts_every_backend_block_and_pos_embed():
+    """The CLI validates DiTConfig's Literals: each must list exactly what VideoDiT accepts, so
+    `--model.dit.attn_backend=sdpa_dense` is not refused while the net supports it."""
+    import typing
+
+    from lightning_modules.nets.attention import ATTN_BACKENDS
+    from lightning_modules.nets.dit import BLOCK_TYPES, POS_EMBEDS
+    from lightning_modules.video_diffusion import DiTConfig
+
+    hints = typing.get_type_hints(DiTConfig)
+    for name, allowed in (
+        ("attn_backend", ATTN_BACKENDS),
+        ("block_type", BLOCK_TYPES),
+        ("pos_embed", POS_EMBEDS),
+    ):
+        literal = next(a for a in typing.get_args(hints[name]) if a is not type(None))
+        assert set(typing.get_args(literal)) == set(allowed), name
