@@ -6,7 +6,7 @@ import torch
 from lightning_modules.nets import DIT_PRESETS, VideoDiT
 from lightning_modules.nets.attention import PackedLayout, rope_3d
 
-BLOCKS = ("factorized", "vdt", "full")
+BLOCKS = ("factorized", "late_fusion", "vdt", "spatial_temporal", "full")
 POS = ("rope", "sincos")
 
 
@@ -276,3 +276,38 @@ def test_dit_config_accepts_every_backend_block_and_pos_embed():
     ):
         literal = next(a for a in typing.get_args(hints[name]) if a is not type(None))
         assert set(typing.get_args(literal)) == set(allowed), name
+
+
+def test_block_order_of_each_variant():
+    """Latte's variants as block layouts: interleaved, late fusion, one block with either order, full."""
+    layouts = {b: [blk.kinds for blk in tiny(block_type=b, depth=4).blocks] for b in BLOCKS}
+    s, t = ("spatial",), ("temporal",)
+    assert layouts["factorized"] == [s, t, s, t]
+    assert layouts["late_fusion"] == [s, s, t, t]
+    assert layouts["vdt"] == [("temporal", "spatial")] * 4
+    assert layouts["spatial_temporal"] == [("spatial", "temporal")] * 4
+    assert layouts["full"] == [("full",)] * 4
+    with pytest.raises(ValueError, match="even"):
+        tiny(block_type="late_fusion", depth=3)
+
+
+@pytest.mark.parametrize("part", ["spatial", "temporal"])
+def test_perturbing_frame_3_reaches_only_its_frame_or_its_track(part):
+    """Behaviour, not shapes: late fusion's spatial half never mixes frames and its temporal half
+    never mixes positions. One token (frame 3, top-left patch) is perturbed."""
+    model = randomize(tiny(block_type="late_fusion", depth=2))
+    model.blocks = model.blocks[:1] if part == "spatial" else model.blocks[1:]
+    assert model.blocks[0].kinds == (part,)
+    x = torch.randn(1, 3, 6, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.zeros(1)
+    with torch.no_grad():
+        a = model(x, t)
+        x[:, :, 3, :2, :2] += 5.0
+        b = model(x, t)
+    changed = (a - b).abs().amax(dim=1)[0] > 1e-6  # (T, H, W)
+    expect = torch.zeros_like(changed)
+    if part == "spatial":
+        expect[3] = True  # the whole of frame 3, no other frame
+    else:
+        expect[:, :2, :2] = True  # the top-left patch in every frame, no other position
+    assert torch.equal(changed, expect)
