@@ -49,9 +49,9 @@ class DiTConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float | None = None
-    block_type: Literal["factorized", "vdt", "full"] | None = None
+    block_type: Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "full"] | None = None
     pos_embed: Literal["rope", "sincos"] | None = None
-    attn_backend: Literal["sdpa", "flex", "flash"] | None = None
+    attn_backend: Literal["sdpa", "sdpa_dense", "flex", "flash"] | None = None
     grad_checkpointing: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # any other VideoDiT keyword
 

@@ -6,7 +6,7 @@ import torch
 from lightning_modules.nets import DIT_PRESETS, VideoDiT
 from lightning_modules.nets.attention import PackedLayout, rope_3d
 
-BLOCKS = ("factorized", "vdt", "full")
+BLOCKS = ("factorized", "late_fusion", "vdt", "spatial_temporal", "full")
 POS = ("rope", "sincos")
 
 
@@ -257,3 +257,57 @@ def test_packed_backends_on_cuda_match_per_sample_bf16(backend):
         for i, x in enumerate(xs):
             single = model(x[None], t[i : i + 1], mask=masks[i][None])[0]
             torch.testing.assert_close(packed[i].float(), single.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_dit_config_accepts_every_backend_block_and_pos_embed():
+    """The CLI validates DiTConfig's Literals: each must list exactly what VideoDiT accepts, so
+    `--model.dit.attn_backend=sdpa_dense` is not refused while the net supports it."""
+    import typing
+
+    from lightning_modules.nets.attention import ATTN_BACKENDS
+    from lightning_modules.nets.dit import BLOCK_TYPES, POS_EMBEDS
+    from lightning_modules.video_diffusion import DiTConfig
+
+    hints = typing.get_type_hints(DiTConfig)
+    for name, allowed in (
+        ("attn_backend", ATTN_BACKENDS),
+        ("block_type", BLOCK_TYPES),
+        ("pos_embed", POS_EMBEDS),
+    ):
+        literal = next(a for a in typing.get_args(hints[name]) if a is not type(None))
+        assert set(typing.get_args(literal)) == set(allowed), name
+
+
+def test_block_order_of_each_variant():
+    """Latte's variants as block layouts: interleaved, late fusion, one block with either order, full."""
+    layouts = {b: [blk.kinds for blk in tiny(block_type=b, depth=4).blocks] for b in BLOCKS}
+    s, t = ("spatial",), ("temporal",)
+    assert layouts["factorized"] == [s, t, s, t]
+    assert layouts["late_fusion"] == [s, s, t, t]
+    assert layouts["vdt"] == [("temporal", "spatial")] * 4
+    assert layouts["spatial_temporal"] == [("spatial", "temporal")] * 4
+    assert layouts["full"] == [("full",)] * 4
+    with pytest.raises(ValueError, match="even"):
+        tiny(block_type="late_fusion", depth=3)
+
+
+@pytest.mark.parametrize("part", ["spatial", "temporal"])
+def test_perturbing_frame_3_reaches_only_its_frame_or_its_track(part):
+    """Behaviour, not shapes: late fusion's spatial half never mixes frames and its temporal half
+    never mixes positions. One token (frame 3, top-left patch) is perturbed."""
+    model = randomize(tiny(block_type="late_fusion", depth=2))
+    model.blocks = model.blocks[:1] if part == "spatial" else model.blocks[1:]
+    assert model.blocks[0].kinds == (part,)
+    x = torch.randn(1, 3, 6, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.zeros(1)
+    with torch.no_grad():
+        a = model(x, t)
+        x[:, :, 3, :2, :2] += 5.0
+        b = model(x, t)
+    changed = (a - b).abs().amax(dim=1)[0] > 1e-6  # (T, H, W)
+    expect = torch.zeros_like(changed)
+    if part == "spatial":
+        expect[3] = True  # the whole of frame 3, no other frame
+    else:
+        expect[:, :2, :2] = True  # the top-left patch in every frame, no other position
+    assert torch.equal(changed, expect)

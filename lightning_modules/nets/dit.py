@@ -32,7 +32,7 @@ from .attention import (
     sincos_3d,
 )
 
-BLOCK_TYPES = ("factorized", "vdt", "full")
+BLOCK_TYPES = ("factorized", "late_fusion", "vdt", "spatial_temporal", "full")
 POS_EMBEDS = ("rope", "sincos")
 
 
@@ -189,8 +189,11 @@ class VideoDiT(nn.Module):
         patch_size: (pt, ph, pw); pt = 1 embeds each frame with 2D patches, pt > 1 uses tubelets
             (T is zero-padded to a multiple of pt inside and cropped back).
         hidden_size, depth, num_heads, mlp_ratio: transformer size (presets in `DIT_PRESETS`).
-        block_type: "factorized" (spatial/temporal blocks alternate; depth counts both), "vdt"
-            (temporal then spatial attention in every block) or "full" (joint space-time).
+        block_type: Latte's variants and full attention. "factorized" (Latte 1: spatial/temporal
+            blocks alternate; depth counts both), "late_fusion" (Latte 2: depth/2 spatial blocks, then
+            depth/2 temporal blocks), "vdt" (Latte 3, VDT's order: temporal then spatial attention in
+            every block), "spatial_temporal" (Latte 3 as Latte wrote it: spatial then temporal in
+            every block) or "full" (joint space-time).
         pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing) or "sincos" (fixed, added).
         num_classes: > 0 adds a class embedding with one extra null class (y == num_classes, or y < 0).
         text_dim: > 0 adds cross-attention to caption tokens of that width.
@@ -227,9 +230,10 @@ class VideoDiT(nn.Module):
             raise ValueError(f"pos_embed={pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
-        if block_type == "factorized" and depth % 2:
+        if block_type in ("factorized", "late_fusion") and depth % 2:
             raise ValueError(
-                f"block_type='factorized' alternates spatial/temporal blocks: depth={depth} must be even"
+                f"block_type={block_type!r} splits depth into spatial and temporal blocks: "
+                f"depth={depth} must be even"
             )
         check_backend(attn_backend)
         self.in_channels, self.out_channels = in_channels, in_channels * (2 if learn_sigma else 1)
@@ -261,7 +265,9 @@ class VideoDiT(nn.Module):
 
         kinds = {
             "factorized": [("spatial",) if i % 2 == 0 else ("temporal",) for i in range(depth)],
+            "late_fusion": [("spatial",)] * (depth // 2) + [("temporal",)] * (depth // 2),
             "vdt": [("temporal", "spatial")] * depth,
+            "spatial_temporal": [("spatial", "temporal")] * depth,
             "full": [("full",)] * depth,
         }[block_type]
         self.blocks = nn.ModuleList(
