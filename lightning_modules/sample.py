@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conditioning", choices=("auto", "replace", "guidance"), default="auto",
                    help="how given frames condition: replace (mask-trained), guidance (VDM), auto")  # fmt: skip
     p.add_argument("--guidance-weight", type=float, default=2.0, help="reconstruction guidance weight w_r")
+    p.add_argument(
+        "--corrector-steps", type=int, default=0, help="guidance: Langevin corrector steps per step"
+    )
     p.add_argument("--height", type=int, help="height in pixels (default: the training clips')")
     p.add_argument("--width", type=int, help="width in pixels (default: the training clips')")
     p.add_argument("--given", nargs="+", help="video/image file(s) for masked tasks, cycled over samples")
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         cfg_scale=args.cfg_scale,
         conditioning=args.conditioning,
         guidance_weight=args.guidance_weight,
+        corrector_steps=args.corrector_steps,
         task="extend" if args.task == "extend" else "window",
         total_frames=total,
         overlap=args.overlap,
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if given is not None or args.task == "extend"
         else None,
         "guidance_weight": args.guidance_weight,
+        "corrector_steps": args.corrector_steps,
         "files": [p.name for p in paths],
     }
     (out / "samples.json").write_text(json.dumps(record, indent=2))
