@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         conditioning=args.conditioning,
         guidance_weight=args.guidance_weight,
         corrector_steps=args.corrector_steps,
+        frameskip=args.frameskip,
         task="extend" if args.task == "extend" else "window",
         total_frames=total,
         overlap=args.overlap,
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         else None,
         "guidance_weight": args.guidance_weight,
         "corrector_steps": args.corrector_steps,
+        "frameskip": args.frameskip if args.task == "extend" else None,
         "files": [p.name for p in paths],
     }
     (out / "samples.json").write_text(json.dumps(record, indent=2))

@@ -486,6 +486,7 @@ class VideoDiffusion(L.LightningModule):
         total_frames: int | None = None,
         overlap: int = 2,
         corrector_steps: int = 0,
+        frameskip: int = 1,
     ) -> torch.Tensor:
         """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed (sample i depends on
         (seed, i) only, not on `batch_size`). `given` (n, 3, T, H, W)
@@ -499,7 +500,22 @@ class VideoDiffusion(L.LightningModule):
         corrector_steps: Langevin corrector steps after each guided step (guidance only; VDM's
         predictor-corrector sampling).
         task="extend": `total_frames` frames (any length) chunk by chunk, each chunk of `num_frames`
-        (the training length) conditioned on the last `overlap` frames of the one before."""
+        (the training length) conditioned on the last `overlap` frames of the one before.
+        frameskip > 1 (extend): keyframes `frameskip` frames apart chunk by chunk, then the frames
+        between each two keyframes by one conditioned window (VDM frameskip interpolation)."""
+        if task == "extend" and frameskip > 1:
+            from lightning_modules.diffusion.long import fill_between, keyframe_count
+
+            if total_frames is None:
+                raise ValueError("task='extend' needs total_frames")
+            kw = dict(height=height, width=width, batch_size=batch_size, labels=labels, captions=captions,
+                      steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
+                      guidance_weight=guidance_weight, corrector_steps=corrector_steps)  # fmt: skip
+            t = num_frames
+            keys = self.generate(n, task="extend", total_frames=max(keyframe_count(total_frames, frameskip), t),
+                                 num_frames=t, overlap=overlap, seed=seed, given=given, mask=mask, **kw)  # fmt: skip
+            window = lambda m, **w: self.generate(m, **w, **kw)  # noqa: E731
+            return fill_between(window, keys, stride=frameskip, num_frames=t, seed=seed)[:, :, :total_frames]
         if task == "extend":
             return self._extend(n, total_frames=total_frames, num_frames=num_frames, height=height, width=width,
                                 overlap=overlap, seed=seed, batch_size=batch_size, labels=labels, captions=captions,

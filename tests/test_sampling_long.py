@@ -161,3 +161,18 @@ def test_guided_chunks_are_continuous_at_the_seam(unmasked):
     seam, within = float(steps[3]), float(torch.cat([steps[:3], steps[4:]]).mean())
     print(json.dumps({"seam_step_mse": seam, "within_chunk_step_mse": within}))
     assert torch.isfinite(video).all() and seam < 3 * within
+
+
+def test_extend_with_frameskip_interpolates_between_kept_keyframes():
+    """VDM frameskip: keyframes 3 apart (themselves an extend of 5 frames), each gap filled by one
+    window conditioned on its two keyframes; on the mask path the keyframes come out as given."""
+    m = module(True)
+    kw = dict(num_frames=4, height=16, width=16, overlap=2, seed=5)
+    out = m.generate(2, task="extend", total_frames=12, frameskip=3, **kw)
+    keys = m.generate(2, task="extend", total_frames=5, **kw)  # ceil(11 / 3) + 1 keyframes
+    assert out.shape == (2, 3, 12, 16, 16) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :, ::3], keys[:, :, :4])
+    again = m.generate(2, task="extend", total_frames=12, frameskip=3, batch_size=1, **kw)
+    torch.testing.assert_close(again, out)  # independent of batch_size
+    with pytest.raises(ValueError, match="frameskip"):
+        m.generate(1, task="extend", total_frames=12, frameskip=4, **kw)  # the gap must fit in a window
