@@ -11,6 +11,8 @@
 length, conditioned on the last `--overlap` frames of the previous one; `--frames` may be `3xT`,
 three training lengths). Given content conditions by replacement for mask-trained models and by VDM
 reconstruction guidance (`--guidance-weight`) otherwise (`--conditioning auto|replace|guidance`).
+`--corrector-steps N` adds N Langevin corrector steps per guided step (VDM predictor-corrector);
+`--frameskip K` generates keyframes K apart first and fills each gap with one conditioned window.
 
 Masked tasks keep the given frames of `--given` (resized to --height x --width, first --frames
 frames) and generate the rest. Shapes default to the clip shape the checkpoint was trained on.
@@ -85,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conditioning", choices=("auto", "replace", "guidance"), default="auto",
                    help="how given frames condition: replace (mask-trained), guidance (VDM), auto")  # fmt: skip
     p.add_argument("--guidance-weight", type=float, default=2.0, help="reconstruction guidance weight w_r")
+    p.add_argument("--frameskip", type=int, default=1, help="extend: keyframes this far apart, then fill in")
+    p.add_argument(
+        "--corrector-steps", type=int, default=0, help="guidance: Langevin corrector steps per step"
+    )
     p.add_argument("--height", type=int, help="height in pixels (default: the training clips')")
     p.add_argument("--width", type=int, help="width in pixels (default: the training clips')")
     p.add_argument("--given", nargs="+", help="video/image file(s) for masked tasks, cycled over samples")
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         cfg_scale=args.cfg_scale,
         conditioning=args.conditioning,
         guidance_weight=args.guidance_weight,
+        corrector_steps=args.corrector_steps,
+        frameskip=args.frameskip,
         task="extend" if args.task == "extend" else "window",
         total_frames=total,
         overlap=args.overlap,
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if given is not None or args.task == "extend"
         else None,
         "guidance_weight": args.guidance_weight,
+        "corrector_steps": args.corrector_steps,
+        "frameskip": args.frameskip if args.task == "extend" else None,
         "files": [p.name for p in paths],
     }
     (out / "samples.json").write_text(json.dumps(record, indent=2))

@@ -485,6 +485,8 @@ class VideoDiffusion(L.LightningModule):
         task: Literal["window", "extend"] = "window",
         total_frames: int | None = None,
         overlap: int = 2,
+        corrector_steps: int = 0,
+        frameskip: int = 1,
     ) -> torch.Tensor:
         """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed (sample i depends on
         (seed, i) only, not on `batch_size`). `given` (n, 3, T, H, W)
@@ -495,13 +497,30 @@ class VideoDiffusion(L.LightningModule):
         masks; needs a mask-trained model); "guidance": VDM reconstruction guidance of weight
         `guidance_weight` for models trained without masks (rectified flow); "auto": replace when
         the model was trained with `mask_probs`, else guidance.
+        corrector_steps: Langevin corrector steps after each guided step (guidance only; VDM's
+        predictor-corrector sampling).
         task="extend": `total_frames` frames (any length) chunk by chunk, each chunk of `num_frames`
-        (the training length) conditioned on the last `overlap` frames of the one before."""
+        (the training length) conditioned on the last `overlap` frames of the one before.
+        frameskip > 1 (extend): keyframes `frameskip` frames apart chunk by chunk, then the frames
+        between each two keyframes by one conditioned window (VDM frameskip interpolation)."""
+        if task == "extend" and frameskip > 1:
+            from lightning_modules.diffusion.long import fill_between, keyframe_count
+
+            if total_frames is None:
+                raise ValueError("task='extend' needs total_frames")
+            kw = dict(height=height, width=width, batch_size=batch_size, labels=labels, captions=captions,
+                      steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
+                      guidance_weight=guidance_weight, corrector_steps=corrector_steps)  # fmt: skip
+            t = num_frames
+            keys = self.generate(n, task="extend", total_frames=max(keyframe_count(total_frames, frameskip), t),
+                                 num_frames=t, overlap=overlap, seed=seed, given=given, mask=mask, **kw)  # fmt: skip
+            window = lambda m, **w: self.generate(m, **w, **kw)  # noqa: E731
+            return fill_between(window, keys, stride=frameskip, num_frames=t, seed=seed)[:, :, :total_frames]
         if task == "extend":
             return self._extend(n, total_frames=total_frames, num_frames=num_frames, height=height, width=width,
                                 overlap=overlap, seed=seed, batch_size=batch_size, labels=labels, captions=captions,
                                 given=given, mask=mask, steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
-                                guidance_weight=guidance_weight)  # fmt: skip
+                                guidance_weight=guidance_weight, corrector_steps=corrector_steps)  # fmt: skip
         if task != "window":
             raise ValueError(f"task={task!r}: choose 'window' or 'extend'")
         if (given is None) != (mask is None):
@@ -513,7 +532,7 @@ class VideoDiffusion(L.LightningModule):
                     "reconstruction guidance samples without classifier-free guidance (cfg_scale ignored)"
                 )
             return self._guided(n, num_frames, height, width, given, mask, seed, batch_size, labels, captions,
-                                steps or hp.sample_steps, guidance_weight)  # fmt: skip
+                                steps or hp.sample_steps, guidance_weight, corrector_steps)  # fmt: skip
         steps = steps or hp.sample_steps
         cfg_scale = hp.cfg_scale if cfg_scale is None else cfg_scale
         sampler = hp.sampler or DEFAULT_SAMPLER[hp.objective]
@@ -581,8 +600,9 @@ class VideoDiffusion(L.LightningModule):
 
     @torch.no_grad()
     def _guided(
-        self, n, num_frames, height, width, given, mask, seed, batch_size, labels, captions, steps, weight
-    ):
+        self, n, num_frames, height, width, given, mask, seed, batch_size, labels, captions, steps, weight,
+        corrector_steps=0,
+    ):  # fmt: skip
         """Reconstruction-guided samples (see `lightning_modules.diffusion.guidance`), per-sample seeds."""
         from lightning_modules.diffusion.guidance import reconstruction_guided_sample
 
@@ -604,6 +624,7 @@ class VideoDiffusion(L.LightningModule):
                 z = reconstruction_guided_sample(
                     self.dit, self.objective, (b, self.codec.latent_channels, *latent_thw), given=given_z,
                     mask=mask_z, weight=weight, steps=steps, model_kwargs=self.conditioning(part, b),
+                    corrector_steps=corrector_steps,
                     generator=[_seeded(seed, i) for i in range(start, start + b)],
                 )  # fmt: skip
                 outs.append(self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1).float().cpu())

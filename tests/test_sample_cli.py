@@ -151,3 +151,25 @@ def test_sample_cli_extends_past_the_training_length(run, tmp_path):
     record = json.loads((out / "samples.json").read_text())
     assert record["shape"] == [18, 16, 16] and record["chunk_frames"] == 6 and record["overlap"] == 2
     assert record["conditioning"] == "replace"  # the checkpoint was trained with masks
+
+
+def test_sample_cli_extends_an_unmasked_flow_checkpoint_with_guidance_pc_and_frameskip(tmp_path):
+    """--task extend on a checkpoint trained WITHOUT masks (rectified flow): reconstruction guidance
+    (auto), Langevin corrector steps and frameskip keyframes; 3x the training length, playable mp4,
+    the settings in samples.json."""
+    torch.manual_seed(0)
+    model = VideoDiffusion(dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
+                           objective="flow", sample_steps=2)  # fmt: skip
+    model.sample_shape = (4, 16, 16)
+    ckpt = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "flow.ckpt")
+    out = tmp_path / "out"
+    paths = sample_cli.main(["--ckpt", str(tmp_path / "flow.ckpt"), "--task", "extend", "--frames", "3xT",
+                             "--overlap", "1", "--frameskip", "2", "--corrector-steps", "1",
+                             "--guidance-weight", "3", "--num", "1", "--out", str(out), "--no-ema"])  # fmt: skip
+    assert _frames(paths[0]).shape == (12, 16, 16, 3)
+    record = json.loads((out / "samples.json").read_text())
+    assert record["shape"] == [12, 16, 16] and record["chunk_frames"] == 4 and record["overlap"] == 1
+    assert record["conditioning"] == "guidance" and record["guidance_weight"] == 3.0
+    assert record["corrector_steps"] == 1 and record["frameskip"] == 2

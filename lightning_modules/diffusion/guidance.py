@@ -10,6 +10,11 @@ al. 2022, section 3.1) conditions it on known content x_a by
 
 With rectified flow alpha_t = 1 - t (x_t = (1 - t) x0 + t eps). w_r = 0 is plain replacement of
 the noisy known part (VDM's "replacement" baseline); VDM uses w_r > 1.
+
+`corrector_steps` > 0 adds predictor-corrector sampling (Song et al. 2021, used by VDM): after each
+Euler step, that many Langevin steps at the new noise level with the score of the (guided) estimate,
+score = -(z_t - alpha_t x0~) / sigma_t^2 (alpha_t = 1 - t, sigma_t = t), step size from the
+signal-to-noise ratio `snr` of the update.
 """
 
 from __future__ import annotations
@@ -40,12 +45,15 @@ def reconstruction_guided_sample(
     generator=None,
     progress: bool = False,
     keep_given: bool = True,
+    corrector_steps: int = 0,
+    snr: float = 0.16,
 ) -> torch.Tensor:
     """Euler sampling of (B, C, T, H, W) with the positions where `mask` (B, 1, T, H, W) is True known
     to be `given` (B, C, T, H, W): replacement of the noisy known part plus reconstruction guidance of
     weight `weight` (VDM eq. 7). The model is called without a mask (it was trained without one).
     The output keeps `given` exactly at known positions (`keep_given=False`: the model's own values
-    there, to measure how well it reconstructs them)."""
+    there, to measure how well it reconstructs them). corrector_steps: Langevin corrector steps
+    after each predictor step (0: plain Euler, draws no extra noise)."""
     if not isinstance(flow, RectifiedFlow):
         raise ValueError(
             f"reconstruction guidance is implemented for rectified flow, got {type(flow).__name__}"
@@ -56,19 +64,32 @@ def reconstruction_guided_sample(
     known_noise = _randn(shape, generator, device)  # the noise of the known part, fixed for the run
     grid = flow.sampling_timesteps(steps, tuple(shape[1:]))
     kwargs = model_kwargs or {}
-    for i in tqdm(range(steps), disable=not progress, desc="euler+guidance"):
-        t = grid[i].expand(shape[0]).to(device)
-        t_next = grid[i + 1].expand(shape[0]).to(device)
-        noisy_known = flow.q_sample(given, t, known_noise)
-        x = torch.where(mask, noisy_known, x)  # 1. replacement at the current noise level
+
+    def guided_x0(x, t):
+        """Replace the known part at noise level t (1.), then the guided clean estimate (2.)."""
+        x = torch.where(mask, flow.q_sample(given, t, known_noise), x)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(weight != 0)
             x0 = x0_estimate(flow, x_in, model(x_in, flow.model_t(t), **kwargs), t)
-            if weight != 0:  # 2. reconstruction guidance
+            if weight != 0:  # reconstruction guidance, VDM eq. 7
                 err = ((x0 - given) ** 2 * mask).sum()
                 (grad,) = torch.autograd.grad(err, x_in)
                 x0 = x0 - bcast(weight * (1 - t) / 2, x0) * grad
-        x0 = x0.detach()
+        return x, x0.detach()
+
+    for i in tqdm(range(steps), disable=not progress, desc="euler+guidance"):
+        t = grid[i].expand(shape[0]).to(device)
+        t_next = grid[i + 1].expand(shape[0]).to(device)
+        x, x0 = guided_x0(x, t)
         v = (x - x0) / bcast(t, x)  # the velocity of the corrected estimate (the sampler never hits t = 0)
         x = x + bcast(t_next - t, x) * v
+        if float(t_next.min()) <= 0:
+            continue
+        for _ in range(corrector_steps):  # Langevin corrector at t_next
+            x, x0 = guided_x0(x, t_next)
+            score = -(x - bcast(1 - t_next, x) * x0) / bcast(t_next, x) ** 2
+            z = _randn(shape, generator, device)
+            dims = tuple(range(1, x.dim()))
+            eps = 2 * (snr * z.pow(2).sum(dims).sqrt() / score.pow(2).sum(dims).sqrt().clamp_min(1e-12)) ** 2
+            x = x + bcast(eps, x) * score + bcast((2 * eps).sqrt(), x) * z
     return torch.where(mask, given, x) if keep_given else x
