@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--fid-antialias",
         type=int,
-        default=1,
+        default=0,
         choices=(0, 1),
-        help="torchmetrics FID resize antialias (0 reproduces the TF1 resize of the original FID)",
+        help="torchmetrics FID resize antialias; default 0 = the TF1 bilinear resize of the original "
+        "FID, which published FIDs use (torchmetrics >= 1.8 defaults to 1, not TF1-compatible)",
     )
     r = p.add_argument_group("running")
     r.add_argument("--real-cache", help="real-statistics .npz: reused when it matches, written otherwise")
@@ -220,6 +223,12 @@ def evaluate(args) -> dict:
         detectors["video_is"] = video_is.describe()
     calibrated = all(d["calibrated"] for d in detectors.values())
     notes = []
+    for name, value in list(results.items()):
+        if not math.isfinite(value):  # e.g. sqrtm of a singular product: null with a reason, not bare NaN
+            results[name] = None
+            reason = f"{name} is not finite ({value}): reported as null (ill-conditioned covariances?)"
+            warnings.warn(reason, stacklevel=2)
+            notes.append(reason)
     if not calibrated:
         notes.append(f"{UNCALIBRATED}: random-init detector(s) stand in for missing weight files")
     if protocol.name not in PROTOCOLS:
@@ -260,7 +269,7 @@ def evaluate(args) -> dict:
 
 def format_summary(report: dict) -> str:
     tag = "" if report["calibrated"] else f" [{UNCALIBRATED}]"
-    values = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
+    values = ", ".join(f"{k}={v:.4f}" if v is not None else f"{k}=null" for k, v in report["metrics"].items())
     return (
         f"{report['protocol']['name']}{tag}: {values} (real {report['counts']['real']}, "
         f"fake {report['counts']['fake']}, detector sha256 {report['detector_sha256'][:12]})"
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str, allow_nan=False) + "\n")
     print(format_summary(report))
     if not report["calibrated"]:
         print(

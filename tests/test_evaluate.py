@@ -332,3 +332,22 @@ def test_fid_is_and_video_is_in_the_report(data, tmp_path):
     assert report["detectors"]["frame"]["antialias"] is False
     assert report["detectors"]["frame"]["frames"] == {"real": 32, "fake": 32}
     assert report["detectors"]["video_is"]["videos"] == 2 and report["calibrated"] is False
+
+
+def test_non_finite_metric_is_written_as_null_with_a_reason(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    monkeypatch.setattr(evaluate, "fvd_from_stats", lambda *a, **k: float("nan"))  # sqrtm gone wrong
+    out = tmp_path / "report.json"
+    argv = ["--real", str(data / "shards"), "--fake", str(data / "fake"), "--metrics", "fvd"]
+    argv += ["--num-real", "2", "--num-fake", "2", "--num-frames", "9", "--allow-random-detector"]
+    with pytest.warns(UserWarning, match="fvd is not finite"):
+        assert evaluate.main([*argv, "--out", str(out), "--no-progress", "--batch-size", "2"]) == 0
+    text = out.read_text()
+    assert "NaN" not in text  # strict JSON: a bare NaN would not parse in most readers
+    report = json.loads(text)
+    assert report["metrics"]["fvd"] is None and any("fvd is not finite" in n for n in report["notes"])
+
+
+def test_fid_antialias_defaults_to_the_tf1_resize():
+    args = evaluate.build_parser().parse_args(["--real", "r", "--fake", "f"])
+    assert args.fid_antialias == 0

@@ -21,9 +21,21 @@ def test_inception_score_formula():
     assert mean == pytest.approx(k, rel=1e-6) and std == 0
     uniform = np.full((100, k), 1.0 / k)  # no confidence: IS = 1
     assert inception_score_from_probs(uniform, splits=10) == pytest.approx((1.0, 0.0))
-    # the StyleGAN-V shuffle (RandomState(42)) makes the split assignment fixed: same input, same output
+    # the StyleGAN-V split assignment: RandomState(42) permutation, then 10 contiguous parts (by hand)
     probs = np.random.default_rng(0).dirichlet(np.ones(k), size=100)
-    assert inception_score_from_probs(probs) == inception_score_from_probs(probs.copy())
+    shuffled = probs[np.random.RandomState(42).permutation(len(probs))]
+    scores = []
+    for part in np.array_split(shuffled, 10):
+        marginal = part.mean(0, keepdims=True)
+        scores.append(np.exp((part * (np.log(part) - np.log(marginal))).sum(1).mean()))
+    mean, std = inception_score_from_probs(probs)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-9) and std == pytest.approx(np.std(scores), rel=1e-9)
+    unshuffled = [
+        np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean()) for q in np.array_split(probs, 10)
+    ]
+    assert np.std(scores) != pytest.approx(
+        np.std(unshuffled), rel=1e-6
+    )  # the check can tell the shuffle apart
 
 
 def test_video_is_random_stand_in_loads_through_the_torchscript_path(monkeypatch):
@@ -58,3 +70,18 @@ def test_frame_fid_and_is_with_random_inception():
     assert set(out) == {"fid", "is_frame_mean", "is_frame_std"} and np.isfinite(out["fid"])
     d = m.describe()
     assert d["calibrated"] is False and d["antialias"] is False and d["frames"] == {"real": 2, "fake": 2}
+    assert FrameFIDIS.__init__.__kwdefaults__["antialias"] is False  # TF1-compatible by default
+
+
+@pytest.mark.slow
+def test_frame_is_split_shuffle_is_seeded():
+    m = FrameFIDIS(allow_random=True, fid=False, splits=3)
+    g = torch.Generator().manual_seed(1)
+    m.update_fake((torch.rand(2, 3, 6, 32, 32, generator=g) * 255).to(torch.uint8))
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    first = m.compute()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left untouched
+    torch.manual_seed(123)  # another global RNG state must not move the split assignment
+    assert m.compute() == first
+    assert m.describe()["is_shuffle_seed"] == 42

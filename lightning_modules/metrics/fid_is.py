@@ -4,7 +4,7 @@
   `FrechetInceptionDistance` (2048-d features, uint8 input, float64 sums, covariance / (N-1),
   eigenvalue square root) and `InceptionScore` (10 splits), with torch-fidelity's InceptionV3
   read from a local file. `antialias` (torchmetrics >= 1.8 default True; False reproduces the
-  TF1 resize of the original FID) is recorded.
+  TF1 resize of the original FID, our default) is recorded.
 * Video IS (StyleGAN-V `isv2048_ucf`): the TorchScript C3D `c3d_ucf101.pt` called on uint8
   (B, 3, 16, H, W) returns UCF-101 class probabilities; scores are shuffled with
   RandomState(42), split 10 ways, and the mean / std of exp(KL) reported, as StyleGAN-V does.
@@ -52,8 +52,9 @@ class FrameFIDIS:
         allow_random: bool = False,
         fid: bool = True,
         inception_score: bool = True,
-        antialias: bool = True,
+        antialias: bool = False,
         splits: int = 10,
+        seed: int = 42,
         device: str | torch.device = "cpu",
     ):
         path = require_weights("inception", weights, allow_random=allow_random)  # before the slow imports
@@ -66,6 +67,7 @@ class FrameFIDIS:
                 Path(tempfile.mkdtemp(prefix="videodit_random_inception_")) / "inception.pth"
             )
         self.path, self.sha256, self.antialias, self.splits = Path(path), sha256_file(path), antialias, splits
+        self.seed = seed  # torchmetrics' InceptionScore shuffles with torch.randperm: seeded here
         self.fid = (
             FrechetInceptionDistance(
                 feature=2048,
@@ -112,7 +114,11 @@ class FrameFIDIS:
         if self.fid is not None:
             out["fid"] = float(self.fid.compute())
         if self.inception_score is not None:
-            mean, std = self.inception_score.compute()
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # seeded split assignment; the global RNG is left as it was
+                torch.manual_seed(self.seed)
+                mean, std = self.inception_score.compute()
             out["is_frame_mean"], out["is_frame_std"] = float(mean), float(std)
         return out
 
@@ -124,6 +130,7 @@ class FrameFIDIS:
             "calibrated": self.calibrated,
             "antialias": self.antialias,
             "splits": self.splits,
+            "is_shuffle_seed": self.seed,
             "frames": dict(self.frames),
         }
 
