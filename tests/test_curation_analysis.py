@@ -4,6 +4,7 @@ normal and fast footage, and probe / discover / scene trimming behave as documen
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,7 +145,11 @@ def test_probe_facts_and_rejections(synthetic_dir, synthetic_manifest, tmp_path)
 
 
 def test_discover_dir_glob_lists_and_stable_ids(synthetic_dir, tmp_path):
-    by_dir = discover(str(synthetic_dir))
+    found = discover(str(synthetic_dir))
+    by_dir = [s for s in found if not s.skipped]  # non-videos are found too, as skipped (#11)
+    assert sorted(Path(s.path).name for s in found if s.skipped) == sorted(
+        [p.name for p in synthetic_dir.glob("*.json")]
+    )
     assert len(by_dir) == 4 and all(s.source_id.replace("-", "").replace("_", "").isalnum() for s in by_dir)
     assert [s.source_id for s in discover(str(synthetic_dir / "*.mp4"))] == [s.source_id for s in by_dir]
     names = sorted(p.name for p in synthetic_dir.glob("*.mp4"))
