@@ -88,6 +88,9 @@ def process_source(task: dict) -> dict:
 
     Never raises: any failure becomes the record's status and reason.
     """
+    import cv2
+
+    cv2.setNumThreads(1)  # one source per worker process: no thread oversubscription (as bench/curation.py)
     t0 = time.time()
     cfg: CurateConfig = task["cfg"]
     out = Path(task["out"])

@@ -173,6 +173,28 @@ def test_discover_dir_glob_lists_and_stable_ids(synthetic_dir, tmp_path):
         list_inputs(str(tmp_path / "nothing*.mp4"))
 
 
+def test_discover_accounts_every_file_but_hidden_ones_and_out(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "out" / "work").mkdir(parents=True)
+    (raw / ".cache").mkdir()
+    for name in ("a.mp4", "b.MOV", "a.json", "memo.m4a", "x.png", "readme.txt", "blob.xyz", "noext"):
+        (raw / name).write_bytes(b"1")
+    (raw / ".DS_Store").write_bytes(b"1")
+    (raw / ".cache" / "c.mp4").write_bytes(b"1")
+    (raw / "out" / "work" / "clip.mp4").write_bytes(b"1")
+    got = {Path(s.path).name: s.skipped for s in discover(str(raw), exclude=str(raw / "out"))}
+    assert got == {
+        "a.mp4": "",
+        "b.MOV": "",
+        "a.json": "caption sidecar of a.mp4",
+        "memo.m4a": "not a video: audio-only file (.m4a)",
+        "x.png": "not a video: image (.png)",
+        "readme.txt": "not a video: text/metadata file (.txt)",
+        "blob.xyz": "not a video: unknown extension .xyz",
+        "noext": "not a video: unknown extension (none)",
+    }
+
+
 def _diffs(n, cuts, fades=()):
     d = np.full(n, 1.0, np.float32)
     luma = np.full(n, 100.0, np.float32)
