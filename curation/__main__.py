@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"curation: {rep.get('num_ok', 0)} source(s) ok, {len(failures)} failed; outputs in {cfg.out}")
     for path, status, reason in failures:
         print(f"  {status}: {path}: {reason}")
+    skipped = rep.get("skipped", [])
+    if skipped:
+        print(f"curation: {len(skipped)} file(s) in raw skipped (not videos; see sources.parquet)")
     if rep.get("num_ok", 0) == 0:
         print("curation: no source succeeded", file=sys.stderr)
         return 1

@@ -1,8 +1,9 @@
 """The bad-input corpus of `curation.synthetic --bad`: files a curation run must survive.
 
 `expect` says what a pipeline should record: "error" (unreadable), "rejected" (readable but
-unusable), "ok" (awkward but valid: must be processed), "any" (must get a row with a reason; the
-decoder may or may not recover).
+unusable), "ok" (awkward but valid: must be processed), "skipped" (not a video: audio, image,
+text, unknown extension), "any" (must get a row with a reason; the decoder may or may not recover).
+A hidden file (`.hidden.mp4`) is written too: the only kind of file that gets no row.
 """
 
 from __future__ import annotations
@@ -68,15 +69,32 @@ def write_bad_inputs(out: Path, rng: np.random.Generator) -> list[dict]:
     _write_audio_only(out / "audio_only.mp4")
     add("audio_only.mp4", "audio_only", "rejected", "no video stream (2 s AAC tone)")
 
+    _write_audio_only(out / "voice_memo.m4a")
+    add("voice_memo.m4a", "audio_m4a", "skipped", "audio-only .m4a: not a video extension")
+    import cv2
+
+    cv2.imwrite(str(out / "still.png"), next(_gradient_frames(1, 32, 24, 7)))
+    add("still.png", "image", "skipped", "an image, not a video")
+    (out / "notes.txt").write_text("shot list\n")
+    add("notes.txt", "text", "skipped", "a text file")
+    (out / "data.xyz").write_bytes(b"\x01\x02")
+    add("data.xyz", "unknown_extension", "skipped", "an extension discovery does not know")
+    (out / "not_a_video.mov").write_text("this is not a QuickTime movie\n")
+    add("not_a_video.mov", "fake_mov", "error", "a .mov holding text")
+    (out / ".hidden.mp4").write_bytes(b"")  # hidden: the only files (with OUT) without a row
+
     encode_video(out / "one_frame.mp4", _gradient_frames(1, 96, 64, 2), Fraction(25), 96, 64)
     add("one_frame.mp4", "one_frame", "rejected", "a single frame: too short for any clip")
 
     # awkward but valid
-    encode_video(out / "odd_dims_97x61.mp4", _gradient_frames(72, 97, 61, 3), Fraction(24), 97, 61,
-                 pix_fmt="yuv444p")
+    encode_video(
+        out / "odd_dims_97x61.mp4", _gradient_frames(72, 97, 61, 3), Fraction(24), 97, 61, pix_fmt="yuv444p"
+    )
     add("odd_dims_97x61.mp4", "odd_dimensions", "any", "97x61, yuv444p (4:2:0 needs even sizes)")
 
-    encode_video(out / "naïve clip — ünïcode name.mp4", _gradient_frames(72, 128, 72, 4), Fraction(24), 128, 72)
+    encode_video(
+        out / "naïve clip — ünïcode name.mp4", _gradient_frames(72, 128, 72, 4), Fraction(24), 128, 72
+    )
     add("naïve clip — ünïcode name.mp4", "unicode_name", "ok", "unicode and spaces in the file name")
 
     n = 72  # variable frame rate: irregular gaps between timestamps (units of 1/24000 s)

@@ -20,6 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+# Files found in a RAW directory that are not videos still get a row (status `skipped`) with a reason.
+_KINDS = {
+    "audio-only file": (".m4a", ".mp3", ".wav", ".aac", ".flac", ".ogg", ".opus", ".wma"),
+    "image": (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic"),
+    "text/metadata file": (".txt", ".md", ".csv", ".json", ".yaml", ".yml", ".xml", ".srt", ".vtt"),
+}
+
+
+def skip_reason(path: str) -> str:
+    """Why a file is not processed as a video ("" for a video extension)."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in VIDEO_EXTENSIONS:
+        return ""
+    if ext == ".json":
+        for v in VIDEO_EXTENSIONS:
+            for cand in (p.with_suffix(v), p.with_suffix(v.upper())):
+                if cand.is_file():
+                    return f"caption sidecar of {cand.name}"
+    for kind, exts in _KINDS.items():
+        if ext in exts:
+            return f"not a video: {kind} ({ext})"
+    return f"not a video: unknown extension {ext or '(none)'}"
 
 
 @dataclass(frozen=True)
@@ -29,6 +52,7 @@ class Source:
     sha256: str  # "" when the file could not be read
     caption: str | None = None  # from a csv list's caption column
     error: str = ""  # set when the file could not even be read for hashing
+    skipped: str = ""  # set for a non-video file found in a RAW directory: why it is skipped
 
 
 def _slug(name: str, limit: int = 40) -> str:
@@ -45,12 +69,30 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def list_inputs(raw: str) -> list[tuple[str, str | None]]:
-    """(absolute path, caption or None) for every input named by `raw`, sorted by path."""
+def _in_dir(root: Path, exclude: str | None) -> list[Path]:
+    """Every file under `root` except hidden ones (any hidden path part) and those under `exclude`."""
+    ex = Path(exclude).absolute() if exclude else None
+    files = []
+    for f in root.rglob("*"):
+        rel = f.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        if ex is not None and (f.absolute() == ex or ex in f.absolute().parents):
+            continue
+        files.append(f)
+    return files
+
+
+def list_inputs(raw: str, exclude: str | None = None) -> list[tuple[str, str | None]]:
+    """(absolute path, caption or None) for every input named by `raw`, sorted by path.
+
+    A directory yields every file in it (videos and non-videos alike, so each gets a row), except
+    hidden files and anything under `exclude` (OUT, when it sits inside RAW).
+    """
     p = Path(raw)
     items: list[tuple[str, str | None]] = []
     if p.is_dir():
-        items = [(str(f), None) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
+        items = [(str(f), None) for f in _in_dir(p, exclude)]
     elif p.is_file() and p.suffix.lower() == ".csv":
         with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -80,13 +122,21 @@ def list_inputs(raw: str) -> list[tuple[str, str | None]]:
     return sorted(dict(items).items())  # one entry per path, deterministic order
 
 
-def discover(raw: str, progress: bool = False) -> list[Source]:
-    """Every input as a Source, sorted by source_id. Unreadable files keep an error, never vanish."""
+def discover(raw: str, progress: bool = False, exclude: str | None = None) -> list[Source]:
+    """Every input as a Source, sorted by source_id. Unreadable files keep an error, never vanish;
+    non-video files keep a `skipped` reason (and are not hashed: their id comes from the path)."""
     from tqdm import tqdm
 
     sources = []
-    for path, caption in tqdm(list_inputs(raw), desc="discover (hash)", unit="file", disable=not progress):
+    inputs = list_inputs(raw, exclude)
+    single = Path(raw).is_file() and Path(raw).suffix.lower() not in (".txt", ".csv")  # probe decides
+    for path, caption in tqdm(inputs, desc="discover (hash)", unit="file", disable=not progress):
         slug = _slug(Path(path).stem)
+        why = "" if single else skip_reason(path)
+        if why:
+            pid = hashlib.sha256(path.encode()).hexdigest()[:12]
+            sources.append(Source(path, f"{slug}-p{pid}", "", caption, skipped=why))
+            continue
         try:
             sha = file_sha256(path)
             sources.append(Source(path, f"{slug}-{sha[:12]}", sha, caption))

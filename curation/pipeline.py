@@ -88,6 +88,9 @@ def process_source(task: dict) -> dict:
 
     Never raises: any failure becomes the record's status and reason.
     """
+    import cv2
+
+    cv2.setNumThreads(1)  # one source per worker process: no thread oversubscription (as bench/curation.py)
     t0 = time.time()
     cfg: CurateConfig = task["cfg"]
     out = Path(task["out"])
@@ -299,10 +302,12 @@ def run(cfg: CurateConfig) -> dict:
         from curation.captions import check_weights
 
         check_weights(cfg.caption)
-    sources = discover(cfg.raw, progress=cfg.progress)
+    found = discover(cfg.raw, progress=cfg.progress, exclude=str(out))
+    sources = [s for s in found if not s.skipped]
     if not sources:
         raise FileNotFoundError(
-            f"no video files found in raw={cfg.raw!r} (extensions: mp4 mov mkv webm avi m4v)"
+            f"no video files found in raw={cfg.raw!r} (extensions: mp4 mov mkv webm avi m4v; "
+            f"{len(found)} other file(s) skipped)"
         )
     unique: dict[str, Source] = {}  # content hash -> the first source with those bytes
     for s in sources:
@@ -330,7 +335,7 @@ def run(cfg: CurateConfig) -> dict:
         )
     else:
         results = executors.run_local(process_source, tasks, workers=cfg.workers, on_crash=on_crash)
-    counts = {"ok": 0, "rejected": 0, "error": 0}
+    counts = {"ok": 0, "rejected": 0, "error": 0, "skipped": 0}
     bar = tqdm(total=len(tasks), desc="sources", unit="src", disable=not cfg.progress)
     if done:
         bar.write(f"resuming: {len(done)} source(s) already done, {len(tasks)} to go")
@@ -362,6 +367,11 @@ def run(cfg: CurateConfig) -> dict:
                     "elapsed_s": 0.0,
                 }
             )
+    for s in found:  # every file in RAW has a row: non-videos as `skipped` with the reason
+        if s.skipped:
+            rec = on_crash({"source": asdict(s)}, s.skipped)
+            rec.update(status="skipped", elapsed_s=0.0)
+            records.append(rec)
     if cfg.caption.enabled:
         caption_sources(
             [r for r in records if r["status"] == "ok"], cfg, out, caption_hash(cfg), cfg.progress
@@ -377,8 +387,11 @@ def run(cfg: CurateConfig) -> dict:
         "source_frames": int(sum((r.get("probe") or {}).get("num_frames") or 0 for r in records)),
     }
     rep = finalize(records, cfg, out, run_info)
-    failures = [(r["path"], r["status"], r["reason"]) for r in records if r["status"] != "ok"]
+    failures = [
+        (r["path"], r["status"], r["reason"]) for r in records if r["status"] not in ("ok", "skipped")
+    ]
     rep = dict(rep or {})
     rep["failures"] = failures
+    rep["skipped"] = [(r["path"], r["reason"]) for r in records if r["status"] == "skipped"]
     rep["num_ok"] = sum(r["status"] == "ok" for r in records)
     return rep

@@ -9,7 +9,7 @@ Writes into OUT:
         videos[]: file, sidecar, fps, fps_fraction, width, height, num_frames, duration,
                   cuts (first frame after each hard cut), transitions [{kind, start, end}],
                   scenes [{start, end, caption, motion}], static_spans, fast_spans
-        bad[]:    file, kind, expect ("error" | "rejected" | "ok" | "any"), why
+        bad[]:    file, kind, expect ("error" | "rejected" | "ok" | "skipped" | "any"), why
     bad/                      with --bad: inputs a curation pipeline must survive
 
 Each video is a sequence of scenes separated by hard cuts, and (every other video) one gradual

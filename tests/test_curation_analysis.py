@@ -4,6 +4,7 @@ normal and fast footage, and probe / discover / scene trimming behave as documen
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,7 +145,11 @@ def test_probe_facts_and_rejections(synthetic_dir, synthetic_manifest, tmp_path)
 
 
 def test_discover_dir_glob_lists_and_stable_ids(synthetic_dir, tmp_path):
-    by_dir = discover(str(synthetic_dir))
+    found = discover(str(synthetic_dir))
+    by_dir = [s for s in found if not s.skipped]  # non-videos are found too, as skipped (#11)
+    assert sorted(Path(s.path).name for s in found if s.skipped) == sorted(
+        [p.name for p in synthetic_dir.glob("*.json")]
+    )
     assert len(by_dir) == 4 and all(s.source_id.replace("-", "").replace("_", "").isalnum() for s in by_dir)
     assert [s.source_id for s in discover(str(synthetic_dir / "*.mp4"))] == [s.source_id for s in by_dir]
     names = sorted(p.name for p in synthetic_dir.glob("*.mp4"))
@@ -166,6 +171,28 @@ def test_discover_dir_glob_lists_and_stable_ids(synthetic_dir, tmp_path):
     assert copy.source_id.startswith("video-1-")
     with pytest.raises(FileNotFoundError):
         list_inputs(str(tmp_path / "nothing*.mp4"))
+
+
+def test_discover_accounts_every_file_but_hidden_ones_and_out(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "out" / "work").mkdir(parents=True)
+    (raw / ".cache").mkdir()
+    for name in ("a.mp4", "b.MOV", "a.json", "memo.m4a", "x.png", "readme.txt", "blob.xyz", "noext"):
+        (raw / name).write_bytes(b"1")
+    (raw / ".DS_Store").write_bytes(b"1")
+    (raw / ".cache" / "c.mp4").write_bytes(b"1")
+    (raw / "out" / "work" / "clip.mp4").write_bytes(b"1")
+    got = {Path(s.path).name: s.skipped for s in discover(str(raw), exclude=str(raw / "out"))}
+    assert got == {
+        "a.mp4": "",
+        "b.MOV": "",
+        "a.json": "caption sidecar of a.mp4",
+        "memo.m4a": "not a video: audio-only file (.m4a)",
+        "x.png": "not a video: image (.png)",
+        "readme.txt": "not a video: text/metadata file (.txt)",
+        "blob.xyz": "not a video: unknown extension .xyz",
+        "noext": "not a video: unknown extension (none)",
+    }
 
 
 def _diffs(n, cuts, fades=()):

@@ -183,9 +183,22 @@ def test_bad_inputs_accounted_for_and_good_output_unchanged(synthetic_dir, bad_d
     for b in manifest["bad"]:
         r = sources[b["file"]]
         assert r["reason"] or r["status"] == "ok", b
-        if b["expect"] in ("error", "rejected", "ok"):
+        if b["expect"] in ("error", "rejected", "ok", "skipped"):
             assert r["status"] == b["expect"], (b, r["status"], r["reason"])
-    assert set(sources) == {b["file"] for b in manifest["bad"]} | {v["file"] for v in manifest["videos"]}
+    # every file in RAW has a row (videos, their caption sidecars, the manifest, non-videos); only
+    # hidden files are left out
+    on_disk = {
+        str(p.relative_to(bad_dir))
+        for p in bad_dir.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(bad_dir).parts)
+    }
+    assert ".hidden.mp4" not in {Path(f).name for f in sources}
+    assert set(sources) == on_disk
+    assert {b["file"] for b in manifest["bad"]} | {v["file"] for v in manifest["videos"]} <= on_disk
+    for v in manifest["videos"]:
+        assert sources[v["sidecar"]]["status"] == "skipped"
+        assert sources[v["sidecar"]]["reason"] == f"caption sidecar of {Path(v['file']).name}"
+    assert sources["manifest.json"]["reason"].startswith("not a video")
     # the good videos' clips are exactly those of a run without the bad inputs
     good_clips = rows(good_out, "clips")
     ids = {c["source_id"] for c in good_clips}
