@@ -176,3 +176,14 @@ def test_extend_with_frameskip_interpolates_between_kept_keyframes():
     torch.testing.assert_close(again, out)  # independent of batch_size
     with pytest.raises(ValueError, match="frameskip"):
         m.generate(1, task="extend", total_frames=12, frameskip=4, **kw)  # the gap must fit in a window
+
+
+def test_guided_conditioning_works_under_inference_mode():
+    """Trainer.predict / validate run in inference mode; guidance still takes its gradients there."""
+    m = module(mask_trained=False)
+    given = torch.rand(1, 3, 4, 16, 16) * 2 - 1
+    mask = torch.zeros(1, 1, 4, 16, 16, dtype=torch.bool)
+    mask[:, :, :2] = True
+    with torch.inference_mode():
+        out = m.generate(1, num_frames=4, height=16, width=16, given=given, mask=mask)
+    torch.testing.assert_close(out[:, :, :2], given[:, :, :2])

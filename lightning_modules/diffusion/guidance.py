@@ -59,7 +59,8 @@ def reconstruction_guided_sample(
             f"reconstruction guidance is implemented for rectified flow, got {type(flow).__name__}"
         )
     device = next(model.parameters()).device
-    given, mask = given.to(device), mask.to(device)
+    with torch.inference_mode(False):  # normal tensors: guidance takes gradients even under inference mode
+        given, mask = given.to(device).clone(), mask.to(device).clone()
     x = _randn(shape, generator, device)
     known_noise = _randn(shape, generator, device)  # the noise of the known part, fixed for the run
     grid = flow.sampling_timesteps(steps, tuple(shape[1:]))
@@ -68,9 +69,10 @@ def reconstruction_guided_sample(
     def guided_x0(x, t):
         """Replace the known part at noise level t (1.), then the guided clean estimate (2.)."""
         x = torch.where(mask, flow.q_sample(given, t, known_noise), x)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(weight != 0)
-            x0 = x0_estimate(flow, x_in, model(x_in, flow.model_t(t), **kwargs), t)
+        with torch.inference_mode(False), torch.enable_grad():  # also under Trainer.predict / validate
+            x_in = x.detach().clone().requires_grad_(weight != 0)  # a normal tensor even from inference mode
+            t_in = t.clone()
+            x0 = x0_estimate(flow, x_in, model(x_in, flow.model_t(t_in), **kwargs), t_in)
             if weight != 0:  # reconstruction guidance, VDM eq. 7
                 err = ((x0 - given) ** 2 * mask).sum()
                 (grad,) = torch.autograd.grad(err, x_in)
