@@ -226,7 +226,7 @@ def evaluate_demo(args, ckpt: Path, out: Path, train_info: dict) -> dict:
             b = min(args.batch_size, n - start)
             videos.append(
                 model.generate(
-                    b, num_frames=T, height=H, width=W, seed=args.seed * 100_003 + start, batch_size=b
+                    b, num_frames=T, height=H, width=W, seed=args.seed, first_index=start, batch_size=b
                 )
             )
         fakes[name] = torch.cat(videos)

@@ -487,9 +487,11 @@ class VideoDiffusion(L.LightningModule):
         overlap: int = 2,
         corrector_steps: int = 0,
         frameskip: int = 1,
+        first_index: int = 0,
     ) -> torch.Tensor:
         """`n` videos (n, 3, T, H, W) in [-1, 1], deterministic for a seed (sample i depends on
-        (seed, i) only, not on `batch_size`). `given` (n, 3, T, H, W)
+        (seed, first_index + i) only, not on `batch_size`: a caller generating 1000 samples in pieces
+        passes the index of each piece's first sample). `given` (n, 3, T, H, W)
         pixels and `mask` (True = given, pixel or latent resolution) condition on known content,
         which the output keeps exactly at given positions (exactly in pixels with the identity codec).
 
@@ -510,7 +512,8 @@ class VideoDiffusion(L.LightningModule):
                 raise ValueError("task='extend' needs total_frames")
             kw = dict(height=height, width=width, batch_size=batch_size, labels=labels, captions=captions,
                       steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
-                      guidance_weight=guidance_weight, corrector_steps=corrector_steps)  # fmt: skip
+                      guidance_weight=guidance_weight, corrector_steps=corrector_steps,
+                      first_index=first_index)  # fmt: skip
             t = num_frames
             keys = self.generate(n, task="extend", total_frames=max(keyframe_count(total_frames, frameskip), t),
                                  num_frames=t, overlap=overlap, seed=seed, given=given, mask=mask, **kw)  # fmt: skip
@@ -520,7 +523,8 @@ class VideoDiffusion(L.LightningModule):
             return self._extend(n, total_frames=total_frames, num_frames=num_frames, height=height, width=width,
                                 overlap=overlap, seed=seed, batch_size=batch_size, labels=labels, captions=captions,
                                 given=given, mask=mask, steps=steps, cfg_scale=cfg_scale, conditioning=conditioning,
-                                guidance_weight=guidance_weight, corrector_steps=corrector_steps)  # fmt: skip
+                                guidance_weight=guidance_weight, corrector_steps=corrector_steps,
+                                first_index=first_index)  # fmt: skip
         if task != "window":
             raise ValueError(f"task={task!r}: choose 'window' or 'extend'")
         if (given is None) != (mask is None):
@@ -532,7 +536,7 @@ class VideoDiffusion(L.LightningModule):
                     "reconstruction guidance samples without classifier-free guidance (cfg_scale ignored)"
                 )
             return self._guided(n, num_frames, height, width, given, mask, seed, batch_size, labels, captions,
-                                steps or hp.sample_steps, guidance_weight, corrector_steps)  # fmt: skip
+                                steps or hp.sample_steps, guidance_weight, corrector_steps, first_index)  # fmt: skip
         steps = steps or hp.sample_steps
         cfg_scale = hp.cfg_scale if cfg_scale is None else cfg_scale
         sampler = hp.sampler or DEFAULT_SAMPLER[hp.objective]
@@ -579,7 +583,7 @@ class VideoDiffusion(L.LightningModule):
                     uncond_kwargs=uncond_kwargs,
                     # one generator per sample, seeded by (seed, index): sample i is the same
                     # whatever batch_size splits the n samples
-                    generator=[_seeded(seed, i) for i in range(start, start + b)],
+                    generator=[_seeded(seed, first_index + i) for i in range(start, start + b)],
                 )
                 if asked_z is not None:  # given latents kept exactly, partly given tubelets included
                     z = torch.where(asked_z, given_z.to(z.dtype), z)
@@ -601,7 +605,7 @@ class VideoDiffusion(L.LightningModule):
     @torch.no_grad()
     def _guided(
         self, n, num_frames, height, width, given, mask, seed, batch_size, labels, captions, steps, weight,
-        corrector_steps=0,
+        corrector_steps=0, first_index=0,
     ):  # fmt: skip
         """Reconstruction-guided samples (see `lightning_modules.diffusion.guidance`), per-sample seeds."""
         from lightning_modules.diffusion.guidance import reconstruction_guided_sample
@@ -625,7 +629,7 @@ class VideoDiffusion(L.LightningModule):
                     self.dit, self.objective, (b, self.codec.latent_channels, *latent_thw), given=given_z,
                     mask=mask_z, weight=weight, steps=steps, model_kwargs=self.conditioning(part, b),
                     corrector_steps=corrector_steps,
-                    generator=[_seeded(seed, i) for i in range(start, start + b)],
+                    generator=[_seeded(seed, first_index + i) for i in range(start, start + b)],
                 )  # fmt: skip
                 outs.append(self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1).float().cpu())
         finally:

@@ -73,9 +73,9 @@ class Dummy(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.2)
 
     @torch.no_grad()
-    def generate(self, n, *, num_frames, height, width, seed=0, batch_size=8, **kwargs):
-        self.seen.append((seed, float(self.w)))
-        g = torch.Generator().manual_seed(seed)
+    def generate(self, n, *, num_frames, height, width, seed=0, batch_size=8, first_index=0, **kwargs):
+        self.seen.append((first_index, float(self.w)))
+        g = torch.Generator().manual_seed(seed * 1000 + first_index)
         return (torch.rand(n, 3, num_frames, height, width, generator=g) * 2 - 1 + self.w).clamp(-1, 1)
 
 
@@ -119,7 +119,7 @@ def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
     # generation saw the EMA weights, not the raw ones; raw weights restored afterwards
     assert [w for _, w in model.seen] == pytest.approx(shadow_at_generate)
     assert float(model.w) != pytest.approx(shadow_at_generate[-1])
-    # 6 samples in batches of 4: seeds 0 and 4, the same at every evaluation
+    # 6 samples in batches of 4: first indices 0 and 4, the same at every evaluation
     assert [s for s, _ in model.seen] == [0, 4, 0, 4]
     name = "val/fvd_uncalibrated"  # random-init / stand-in detector: the name says so
     values = [h[name] for h in cb.history]
@@ -131,8 +131,8 @@ def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
 
 
 def test_generator_shares_over_ranks_merge_to_the_single_process_statistics(monkeypatch):
-    def generate(n, *, num_frames, height, width, seed, batch_size, **kw):
-        g = torch.Generator().manual_seed(seed)
+    def generate(n, *, num_frames, height, width, seed, batch_size, first_index=0, **kw):
+        g = torch.Generator().manual_seed(seed * 1000 + first_index)
         return torch.rand(n, 3, num_frames, height, width, generator=g) * 2 - 1
 
     det = tiny_detector()

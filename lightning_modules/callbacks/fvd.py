@@ -255,11 +255,14 @@ class FVDCallback(Callback):
             return pl_module.generate
         labels = list(self.labels)
 
-        def generate(n, *, seed, **kwargs):
+        def generate(n, *, seed, first_index=0, **kwargs):
             # labels cycle over the sample index so every rank/batch split gets the same labels
-            start = seed - self.seed
             return pl_module.generate(
-                n, seed=seed, labels=[labels[(start + i) % len(labels)] for i in range(n)], **kwargs
+                n,
+                seed=seed,
+                first_index=first_index,
+                labels=[labels[(first_index + i) % len(labels)] for i in range(n)],
+                **kwargs,
             )
 
         return generate

@@ -151,9 +151,10 @@ def fake_statistics_from_generator(
 ) -> tuple[GaussianStats, dict]:
     """Statistics of `num_fake` samples of `generate(n, num_frames=, height=, width=, seed=, batch_size=)`.
 
-    Each rank generates its share (rank r: batches r, r + world, ... each seeded seed + batch index),
-    so the samples are the same whatever the number of ranks. Output in [-1, 1] is converted to
-    uint8 the StyleGAN-V way before the detector.
+    Each rank generates its share (rank r: batches r, r + world, ...); sample i is seeded by
+    (seed, i) (`generate(..., first_index=start)`), so the samples are the same whatever the number
+    of ranks and the batch size. Output in [-1, 1] is converted to uint8 the StyleGAN-V way before
+    the detector.
     """
     rank, world = dist_info()
     n = protocol.num_fake
@@ -167,7 +168,8 @@ def fake_statistics_from_generator(
                 num_frames=protocol.num_frames,
                 height=height,
                 width=width,
-                seed=seed + start,
+                seed=seed,
+                first_index=start,
                 batch_size=b,
                 **generate_kwargs,
             )  # (b, 3, T, H, W) in [-1, 1]
