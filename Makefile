@@ -25,7 +25,7 @@ ARGS    ?=
 .PHONY: help setup test test-full lint curate train sample eval demo bench gpu-check clean
 
 help: ## list the targets and what they do
-	@echo "videodit targets (variables: RAW OUT CONFIG EXP CKPT REAL FAKE METRICS PROTOCOL ARGS):"
+	@echo "videodit targets (variables: RAW OUT CONFIG EXP CKPT REAL FAKE METRICS PROTOCOL REPORT DEMO ARGS):"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml

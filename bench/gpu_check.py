@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 # packed attention check: clip token grids (T', H', W') summing to ~16 k tokens (dry run: ~1.3 k)
-ATTN_GRIDS = {"full": [(8, 32, 32), (16, 16, 16), (4, 16, 32), (1, 32, 32)], "dry": [(4, 8, 8), (8, 8, 8), (1, 16, 16), (2, 8, 12)]}
+ATTN_GRIDS = {
+    "full": [(8, 32, 32), (16, 16, 16), (4, 16, 32), (1, 32, 32)],
+    "dry": [(4, 8, 8), (8, 8, 8), (1, 16, 16), (2, 8, 12)],
+}
 # tolerances of a backend vs sdpa: bf16 on GPU, fp32 on CPU
 ATTN_TOL = {"cuda": 3e-2, "cpu": 1e-4}
 
@@ -93,7 +96,7 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, 
         )
         return done.returncode, done.stdout + done.stderr, time.time() - t0
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
         return 124, out + f"\n[timed out after {timeout:.0f} s]", time.time() - t0
 
 
@@ -102,7 +105,11 @@ def _tail(text: str, n: int = 6) -> str:
 
 
 def fit_cmd(config: str, steps: int, args, extra: list[str] = ()) -> list[str]:
-    accel = ["--trainer.accelerator=gpu", "--trainer.devices=1"] if args.device == "cuda" else ["--trainer.accelerator=cpu"]
+    accel = (
+        ["--trainer.accelerator=gpu", "--trainer.devices=1"]
+        if args.device == "cuda"
+        else ["--trainer.accelerator=cpu"]
+    )
     return [PY, "-m", "lightning_modules", "fit", "--config", config, f"--trainer.max_steps={steps}",
             "--trainer.precision=bf16-mixed", "--trainer.limit_val_batches=0", "--trainer.logger=false",
             f"--trainer.default_root_dir={Path(args.work) / Path(config).stem}",
@@ -119,7 +126,11 @@ DEMO_DATA = [  # the demo model on in-memory clips of the demo's shape (no curat
 def check_fit(name, cmd, timeout, steps):
     rc, out, s = _run(cmd, timeout)
     ok = rc == 0 and f"max_steps={steps}" in out  # Lightning: "`Trainer.fit` stopped: `max_steps=N` reached."
-    return {"status": "pass" if ok else "fail", "seconds": s, "numbers": f"{steps} steps" if ok else _tail(out)}
+    return {
+        "status": "pass" if ok else "fail",
+        "seconds": s,
+        "numbers": f"{steps} steps" if ok else _tail(out),
+    }
 
 
 def run_checks(args) -> dict:
@@ -128,7 +139,9 @@ def run_checks(args) -> dict:
     checks = {}
 
     # gpu tests
-    cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + (["--collect-only"] if dry else [])
+    cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + (
+        ["--collect-only"] if dry else []
+    )
     rc, out, s = _run(cmd, 60 if dry else 240)
     summary = _tail(out, 1)
     if dry:
@@ -140,12 +153,17 @@ def run_checks(args) -> dict:
     # fits in bf16-mixed with the shipped clipping
     checks["fit_debug"] = check_fit("fit_debug", fit_cmd("configs/train/debug.yaml", steps, args), 180, steps)
     checks["fit_demo"] = check_fit(
-        "fit_demo", fit_cmd("configs/train/demo.yaml", steps, args, DEMO_DATA + ["--torch_threads=null"]), 180, steps
+        "fit_demo",
+        fit_cmd("configs/train/demo.yaml", steps, args, DEMO_DATA + ["--torch_threads=null"]),
+        180,
+        steps,
     )
 
     # attention backends against each other
     grids = ATTN_GRIDS["dry" if dry else "full"]
-    rc, out, s = _run([PY, "-c", ATTENTION_SCRIPT, args.device, json.dumps(grids), str(ATTN_TOL[args.device])], 300)
+    rc, out, s = _run(
+        [PY, "-c", ATTENTION_SCRIPT, args.device, json.dumps(grids), str(ATTN_TOL[args.device])], 300
+    )
     line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
     if rc != 0 or line is None:
         checks["attention"] = {"status": "fail", "seconds": s, "numbers": _tail(out)}
@@ -168,28 +186,58 @@ def run_checks(args) -> dict:
             "fit_compile", fit_cmd("configs/train/debug.yaml", 20, args, ["--model.compile=true"]), 300, 20
         )
     else:
-        checks["fit_compile"] = {"status": "skip", "seconds": 0.0, "numbers": "needs CUDA (CPU inductor compile takes minutes)"}
+        checks["fit_compile"] = {
+            "status": "skip",
+            "seconds": 0.0,
+            "numbers": "needs CUDA (CPU inductor compile takes minutes)",
+        }
 
     # FSDP on every visible GPU
     if cuda:
         import torch
 
         n = torch.cuda.device_count()
-        cmd = fit_cmd("configs/train/debug.yaml", 10, args, ["--config", "configs/train/fsdp.yaml", f"--trainer.devices={n}"])
+        cmd = fit_cmd(
+            "configs/train/debug.yaml",
+            10,
+            args,
+            ["--config", "configs/train/fsdp.yaml", f"--trainer.devices={n}"],
+        )
         checks["fsdp"] = check_fit("fsdp", cmd, 300, 10)
         checks["fsdp"]["numbers"] = f"{n} GPU(s); " + checks["fsdp"]["numbers"]
     else:
-        checks["fsdp"] = {"status": "skip", "seconds": 0.0, "numbers": "needs CUDA (CPU FSDP: tests/test_ddp.py)"}
+        checks["fsdp"] = {
+            "status": "skip",
+            "seconds": 0.0,
+            "numbers": "needs CUDA (CPU FSDP: tests/test_ddp.py)",
+        }
 
     # the training-step benchmark
     if cuda:
-        cmd = [PY, "bench/train_step.py", "--device", "cuda", "--reps", "5", "--out", str(Path(args.work) / "train_step.json")]
+        cmd = [
+            PY,
+            "bench/train_step.py",
+            "--device",
+            "cuda",
+            "--reps",
+            "5",
+            "--out",
+            str(Path(args.work) / "train_step.json"),
+        ]
         if args.latte_repo:
             cmd += ["--latte-repo", args.latte_repo]
         rc, out, s = _run(cmd, 300)
-        checks["train_step_bench"] = {"status": "pass" if rc == 0 else "fail", "seconds": s, "numbers": _tail(out, 4)}
+        checks["train_step_bench"] = {
+            "status": "pass" if rc == 0 else "fail",
+            "seconds": s,
+            "numbers": _tail(out, 4),
+        }
     else:
-        checks["train_step_bench"] = {"status": "skip", "seconds": 0.0, "numbers": "needs CUDA (make bench runs it on CPU)"}
+        checks["train_step_bench"] = {
+            "status": "skip",
+            "seconds": 0.0,
+            "numbers": "needs CUDA (make bench runs it on CPU)",
+        }
     return checks
 
 

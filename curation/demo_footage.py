@@ -1,6 +1,6 @@
 """Footage a tiny model can learn from in minutes on a CPU: the raw input of `make demo`.
 
-    python -m curation.demo_footage OUT --videos 32 --seed 0
+    python -m curation.demo_footage OUT --videos 48 --seed 0
 
 Each video is one shot: a smooth, slowly panning background of one hue (broad stripes or a gradient)
 with one shape (circle or square) of a contrasting colour gliding across it at a constant
@@ -9,7 +9,7 @@ seconds; H.264 written with PyAV, a caption sidecar per video as `curation.synth
 (naming colour, shape and motion), and `manifest.json` with the ground truth.
 
 Why not `curation.synthetic`: that footage is built to test curation (hard cuts, dissolves, frozen
-and shaky scenes, five aspect ratios); a model of a few hundred thousand parameters trained for a
+and shaky scenes, five aspect ratios); a model of about a million parameters trained for a
 few minutes cannot learn that variety. Here every clip shows the same kind of content, so what the
 model learned is visible in a 16x16 sample.
 """
@@ -96,7 +96,7 @@ class Shot:
 
 
 def generate(
-    out_dir, *, videos: int = 32, seed: int = 0, size: int = 128, seconds: float = 3.0, progress: bool = False
+    out_dir, *, videos: int = 48, seed: int = 0, size: int = 128, seconds: float = 4.0, progress: bool = False
 ) -> dict:
     """Write `videos` demo videos into out_dir; return the manifest."""
     if videos < 1 or size < 16 or size % 2 or seconds <= 0:

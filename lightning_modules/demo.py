@@ -1,4 +1,4 @@
-"""`make demo`: the whole framework end to end on CPU in minutes, and proof that the model learns.
+"""`make demo`: the whole framework end to end on CPU in minutes, and evidence that the model learns.
 
     python -m lightning_modules.demo --out demo_out          (what `make demo` runs)
     python -m lightning_modules.demo --out /tmp/d --quick    (reduced size: the slow test's run)
@@ -39,6 +39,7 @@ CURATE_CONFIG = ROOT / "configs/curate/demo.yaml"
 
 # --quick: the reduced run of tests/test_demo.py (same stages, fewer videos, steps and clips)
 QUICK = {"videos": 24, "steps": 150, "eval_clips": 24}
+CHECKPOINT_EVERY = 50  # every_n_train_steps of the ModelCheckpoint in configs/train/demo.yaml
 
 
 def _run(cmd: list[str], what: str) -> float:
@@ -251,7 +252,7 @@ def evaluate_demo(args, ckpt: Path, out: Path, train_info: dict) -> dict:
             "held-out real clips",
             "generated (final, EMA)",
             f"prediction: first {k}\nframes given",
-            "untrained model",
+            "untrained model\n(x0 at init:\nconstant grey)",
         ],
         samples / "grid.png",
         samples / "grid.gif",
@@ -299,7 +300,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid-rows", type=int, default=8, help="clips per block of grid.png (default 8)")
     p.add_argument("--batch-size", type=int, default=16, help="sampling / detector batch size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help=f"reduced run for tests: {QUICK}")
+    p.add_argument(
+        "--quick", action="store_true", help=f"reduced run for tests: {QUICK} (overrides those flags)"
+    )
     p.add_argument(
         "--train-flag",
         action="append",
@@ -312,6 +315,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.videos, args.eval_clips = QUICK["videos"], QUICK["eval_clips"]
         args.steps = args.steps or QUICK["steps"]
+    if args.steps is not None and args.steps % CHECKPOINT_EVERY:
+        p.error(
+            f"--steps {args.steps}: use a multiple of {CHECKPOINT_EVERY} (the checkpoint interval of "
+            "configs/train/demo.yaml), so that the last step is the one evaluated"
+        )
     return args
 
 
@@ -345,7 +353,16 @@ def main(argv=None) -> dict:
         )
     run_dir = out / "run"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    needs = {1: out / "raw", 2: out / "curated" / "shards" / "index.json", 3: ckpt}
+    if first in needs and not needs[first].exists():
+        raise SystemExit(
+            f"demo: --skip-to {args.skip_to} needs {needs[first]} from an earlier run; run without --skip-to"
+        )
     if first <= 2:
+        if run_dir.exists():  # a fresh run: no stale checkpoint or loss log of an earlier one is read back
+            import shutil
+
+            shutil.rmtree(run_dir)
         cmd = [
             py,
             "-m",

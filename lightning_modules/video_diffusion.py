@@ -505,6 +505,13 @@ class VideoDiffusion(L.LightningModule):
         (the training length) conditioned on the last `overlap` frames of the one before.
         frameskip > 1 (extend): keyframes `frameskip` frames apart chunk by chunk, then the frames
         between each two keyframes by one conditioned window (VDM frameskip interpolation)."""
+        if frameskip > 1 and task != "extend":
+            raise ValueError(f"frameskip={frameskip} applies to task='extend' only")
+        if frameskip > 1 and given is not None:
+            raise ValueError(
+                "frameskip > 1 generates keyframes frameskip frames apart, so given frames would land at the "
+                "wrong times: extend a given clip with frameskip=1"
+            )
         if task == "extend" and frameskip > 1:
             from lightning_modules.diffusion.long import fill_between, keyframe_count
 

@@ -187,3 +187,48 @@ def test_guided_conditioning_works_under_inference_mode():
     with torch.inference_mode():
         out = m.generate(1, num_frames=4, height=16, width=16, given=given, mask=mask)
     torch.testing.assert_close(out[:, :, :2], given[:, :, :2])
+
+
+def test_guidance_with_text_conditions_made_in_inference_mode():
+    """Caption tokens built under inference mode (Trainer.predict) must not break guidance's backward."""
+    torch.manual_seed(0)
+    net = VideoDiT(
+        in_channels=3,
+        patch_size=(1, 2, 2),
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        text_dim=8,
+        pooled_text_dim=8,
+    )
+    with torch.inference_mode():
+        kw = {
+            "text": torch.randn(1, 5, 8),
+            "text_mask": torch.ones(1, 5, dtype=torch.bool),
+            "pooled_text": torch.randn(1, 8),
+        }
+        given = torch.rand(1, 3, T, S, S) * 2 - 1
+        mask = torch.zeros(1, 1, T, S, S, dtype=torch.bool)
+        mask[:, :, :2] = True
+        out = reconstruction_guided_sample(net, RectifiedFlow(), (1, 3, T, S, S), given=given, mask=mask, steps=2,
+                                           model_kwargs=kw, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(out[:, :, :2], given[:, :, :2])
+
+
+def test_frameskip_refuses_what_it_cannot_honour():
+    m = module(True)
+    given, mask = torch.zeros(1, 3, 4, 16, 16), torch.ones(1, 1, 4, 16, 16, dtype=torch.bool)
+    with pytest.raises(ValueError, match="frameskip"):
+        m.generate(
+            1,
+            task="extend",
+            total_frames=9,
+            num_frames=4,
+            height=16,
+            width=16,
+            frameskip=2,
+            given=given,
+            mask=mask,
+        )
+    with pytest.raises(ValueError, match="task='extend' only"):
+        m.generate(1, num_frames=4, height=16, width=16, frameskip=2)

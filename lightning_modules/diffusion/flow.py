@@ -7,8 +7,8 @@ ratio r = sqrt(H*W / base) * sqrt(T) computed on the latent shape, t' = r t / (1
 `shift_base_tokens` is base expressed in latent positions: 64*64 = a 512x512 image through an /8 VAE.
 
 `prediction`: what the network outputs. "velocity" (SD3, Open-Sora) or "x0": the network predicts the
-clean sample and the velocity is derived, v = (x_t - x0_hat) / max(t, t_min); the loss stays the
-velocity loss either way (JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
+clean sample and the velocity is derived, v = (x_t - x0_hat) / t; the loss stays the velocity
+loss, |(x0 - x0_hat) / max(t, t_min)|^2 (the weight bounded near t = 0) (JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
 Denoise"). Predicting x0 matters when a token holds more values than the network is wide, as in
 pixel space with big patches (a 4x4x3 patch is 48 values for a 64-wide demo model): noise fills
 every dimension and cannot pass through the bottleneck, clean data lies near a low-dimensional
@@ -93,13 +93,22 @@ class RectifiedFlow:
     def x0_from_velocity(self, x_t, t, v):
         return x_t - bcast(t, x_t) * v
 
-    def velocity(self, x_t, out, t, *, floor: bool = True):
-        """The velocity implied by the network output `out` at x_t (B, ...) and t (B,). `floor`: divide
-        by max(t, t_min) (training: bounded loss near t = 0); sampling divides by t itself, so that
-        the last Euler step lands exactly on the predicted x0 (the sampler never evaluates t = 0)."""
+    def velocity(self, x_t, out, t):
+        """The velocity implied by the network output `out` at x_t (B, ...) and t (B,) (x0: divided
+        by t itself, so the last Euler step lands exactly on the predicted x0; the sampler never
+        evaluates t = 0)."""
         if self.prediction == "velocity":
             return out
-        return (x_t - out) / bcast(t, x_t).clamp_min(self.t_min if floor else 1e-12)
+        return (x_t - out) / bcast(t, x_t).clamp_min(1e-12)
+
+    def velocity_error(self, x_t, out, t, x0, noise):
+        """Per-element error of the implied velocity against the target eps - x0. For x0-prediction
+        it is (x0 - out) / t, with t floored at `t_min`: a bounded weight near t = 0, while the
+        minimiser stays out = E[x0 | x_t] at every t (flooring t inside the velocity would make the
+        network learn x_t - t_min * v below t_min, which sampling would then misread)."""
+        if self.prediction == "velocity":
+            return noise - x0 - out
+        return (x0 - out) / bcast(t, x0).clamp_min(self.t_min)
 
     def training_losses(self, model, x0, t, *, mask=None, noise=None, model_kwargs=None) -> dict:
         """Same contract as GaussianDiffusion.training_losses; t (B,) float in [0, 1].
@@ -109,12 +118,13 @@ class RectifiedFlow:
         out = call_model(model, with_given(x_t, x0, mask), self.model_t(t), mask, model_kwargs)
         if packed:
             masks = [None if m is None else m[None] for m in (mask if mask is not None else [None] * len(x0))]
-            v = [self.velocity(xt[None], o[None], t[i : i + 1])[0] for i, (xt, o) in enumerate(zip(x_t, out))]
-            mse = torch.cat(
-                [masked_mean((n - x - vi)[None] ** 2, m) for vi, x, n, m in zip(v, x0, noise, masks)]
-            )
+            err = [
+                self.velocity_error(xt[None], o[None], t[i : i + 1], x[None], n[None])
+                for i, (xt, o, x, n) in enumerate(zip(x_t, out, x0, noise))
+            ]
+            mse = torch.cat([masked_mean(e**2, m) for e, m in zip(err, masks)])
             weight = torch.cat([generated_count(x[None], m) for x, m in zip(x0, masks)])
         else:
-            mse = masked_mean((noise - x0 - self.velocity(x_t, out, t)) ** 2, mask)  # (B,)
+            mse = masked_mean(self.velocity_error(x_t, out, t, x0, noise) ** 2, mask)  # (B,)
             weight = generated_count(x0, mask)
         return {"loss": mse, "mse": mse, "weight": weight, "x_t": x_t, "pred": out}

@@ -61,6 +61,9 @@ def reconstruction_guided_sample(
     device = next(model.parameters()).device
     with torch.inference_mode(False):  # normal tensors: guidance takes gradients even under inference mode
         given, mask = given.to(device).clone(), mask.to(device).clone()
+        model_kwargs = {
+            k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in (model_kwargs or {}).items()
+        }
     x = _randn(shape, generator, device)
     known_noise = _randn(shape, generator, device)  # the noise of the known part, fixed for the run
     grid = flow.sampling_timesteps(steps, tuple(shape[1:]))

@@ -117,7 +117,8 @@ def sample(
 
     def denoise(x, t_model):
         """Network output (with guidance) for state x; given positions are fed clean. With CFG the
-        conditional and unconditional passes run as one batch of 2B (one forward per step)."""
+        conditional and unconditional passes run as one batch of 2B (one forward per step; peak
+        activation memory is that of 2B samples: halve the sampling batch size if it no longer fits)."""
         x_in = with_given(x, given, mask)
         if cfg_scale == 1.0:
             return call_model(model, x_in, t_model, mask, model_kwargs)
@@ -149,11 +150,11 @@ def sample(
             out = denoise(x, diffusion.model_t(t))
             if packed:
                 v = [
-                    diffusion.velocity(xi[None], oi[None], t[j : j + 1], floor=False)[0]
+                    diffusion.velocity(xi[None], oi[None], t[j : j + 1])[0]
                     for j, (xi, oi) in enumerate(zip(x, out))
                 ]
             else:
-                v = diffusion.velocity(x, out, t, floor=False)
+                v = diffusion.velocity(x, out, t)
             if packed:
                 x = [xi + (t_next[j] - t[j]) * vi for j, (xi, vi) in enumerate(zip(x, v))]
             else:
