@@ -27,7 +27,7 @@ def test_quick_demo_learns_end_to_end(tmp_path):
     assert set(fvd) >= {"untrained", "final", "real_vs_real"}
     assert fvd["real_vs_real"] < fvd["final"] < 0.7 * fvd["untrained"], fvd
     train = metrics["train"]
-    assert train["steps"] == 150 and train["final_loss"] < 0.5 * train["first_loss"]
+    assert train["steps"] == 150 and train["final_loss"] < 0.6 * train["first_loss"]
     for name in ("loss.png", "samples/grid.png"):
         Image.open(out / name).verify()
     assert Image.open(out / "samples/grid.gif").n_frames == 10
