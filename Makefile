@@ -57,7 +57,7 @@ eval: setup ## FVD/FID/IS report: make eval REAL=<shards|dir> FAKE=<dir|ckpt> [M
 	$(PY) -m lightning_modules.evaluate --real $(REAL) --fake $(FAKE) --metrics $(METRICS) \
 		--protocol $(PROTOCOL) --out $(REPORT) $(ARGS)
 
-demo: setup ## end to end on CPU (~8 min): footage -> curate -> train -> sample -> FVD; see demo_out/
+demo: setup ## end to end on CPU (~9 min): footage -> curate -> train -> sample -> FVD; see demo_out/
 	$(PY) -m lightning_modules.demo --out $(DEMO) $(ARGS)
 
 bench: setup ## run the benchmarks in bench/ and print one table of their ratios

@@ -26,6 +26,7 @@ from torch import nn
 from lightning_modules.diffusion.common import reduce_loss
 from lightning_modules.diffusion.flow import RectifiedFlow
 from lightning_modules.diffusion.gaussian import GaussianDiffusion
+from lightning_modules.diffusion.guidance import reconstruction_guided_sample
 from lightning_modules.diffusion.masks import MaskGenerator, align_to_tubelets
 from lightning_modules.diffusion.samplers import sample
 from lightning_modules.nets.codecs import IdentityCodec, LatentCodec, build_from_spec
@@ -537,17 +538,16 @@ class VideoDiffusion(L.LightningModule):
         if (given is None) != (mask is None):
             raise ValueError("pass `given` and `mask` together (mask True = position taken from `given`)")
         hp = self.hparams
-        if given is not None and self._conditioning_mode(conditioning) == "guidance":
-            if (hp.cfg_scale if cfg_scale is None else cfg_scale) != 1.0:
-                rank_zero_warn(
-                    "reconstruction guidance samples without classifier-free guidance (cfg_scale ignored)"
-                )
-            return self._guided(n, num_frames, height, width, given, mask, seed, batch_size, labels, captions,
-                                steps or hp.sample_steps, guidance_weight, corrector_steps, first_index)  # fmt: skip
+        guided = given is not None and self._conditioning_mode(conditioning) == "guidance"
         steps = steps or hp.sample_steps
         cfg_scale = hp.cfg_scale if cfg_scale is None else cfg_scale
+        if guided and cfg_scale != 1.0:
+            rank_zero_warn(
+                "reconstruction guidance samples without classifier-free guidance (cfg_scale ignored)"
+            )
         sampler = hp.sampler or DEFAULT_SAMPLER[hp.objective]
         latent_thw = self.codec.latent_shape(num_frames, height, width)
+        shape_z = (self.codec.latent_channels, *latent_thw)
         was_training = self.training
         self.eval()
         outs = []
@@ -560,38 +560,44 @@ class VideoDiffusion(L.LightningModule):
                 if captions is not None:
                     part["caption"] = list(captions)[start : start + b]
                 model_kwargs = self.conditioning(part, b)
-                uncond_kwargs = self.conditioning(part, b, null=True) if cfg_scale != 1.0 else None
-                given_z = mask_z = asked_z = None
+                # one generator per sample, seeded by (seed, index): sample i is the same whatever
+                # batch_size splits the n samples
+                generators = [_seeded(seed, first_index + i) for i in range(start, start + b)]
+                given_z = asked_z = None
                 if given is not None:
                     given_z = self.codec.encode(given[start : start + b].to(self.device).float())
                     per_sample = mask.dim() == 5 and mask.shape[0] == n and n > 1
                     asked_z = self._latent_mask(
                         mask[start : start + b] if per_sample else mask, b, latent_thw
                     )
-                    mask_z = align_to_tubelets(asked_z, self.patch_size)
-                    if start == 0 and not torch.equal(mask_z, asked_z):
+                if guided:  # the model was trained without masks: it is never told what is given
+                    z = reconstruction_guided_sample(
+                        self.dit, self.objective, (b, *shape_z), given=given_z, mask=asked_z, weight=guidance_weight,
+                        steps=steps, model_kwargs=model_kwargs, corrector_steps=corrector_steps, generator=generators,
+                    )  # fmt: skip
+                else:
+                    mask_z = None if asked_z is None else align_to_tubelets(asked_z, self.patch_size)
+                    if start == 0 and mask_z is not None and not torch.equal(mask_z, asked_z):
                         rank_zero_warn(
                             f"the given positions do not fill whole tubelets (patch_size={list(self.patch_size)}): "
                             "partly given tubelets are generated, then their given frames are put back "
                             "(there may be a seam); give whole tubelets (e.g. a multiple of "
                             f"{self.patch_size[0]} frames) for a seamless result"
                         )
-                z = sample(
-                    self.dit,
-                    self.objective,
-                    (b, self.codec.latent_channels, *latent_thw),
-                    sampler=sampler,
-                    steps=steps,
-                    eta=hp.eta,
-                    given=given_z,
-                    mask=mask_z,
-                    cfg_scale=cfg_scale,
-                    model_kwargs=model_kwargs,
-                    uncond_kwargs=uncond_kwargs,
-                    # one generator per sample, seeded by (seed, index): sample i is the same
-                    # whatever batch_size splits the n samples
-                    generator=[_seeded(seed, first_index + i) for i in range(start, start + b)],
-                )
+                    z = sample(
+                        self.dit,
+                        self.objective,
+                        (b, *shape_z),
+                        sampler=sampler,
+                        steps=steps,
+                        eta=hp.eta,
+                        given=given_z,
+                        mask=mask_z,
+                        cfg_scale=cfg_scale,
+                        model_kwargs=model_kwargs,
+                        uncond_kwargs=self.conditioning(part, b, null=True) if cfg_scale != 1.0 else None,
+                        generator=generators,
+                    )
                 if asked_z is not None:  # given latents kept exactly, partly given tubelets included
                     z = torch.where(asked_z, given_z.to(z.dtype), z)
                 video = self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1)  # (b, 3, T, H, W)
@@ -608,40 +614,6 @@ class VideoDiffusion(L.LightningModule):
         if conditioning == "guidance" and self.hparams.objective != "flow":
             raise ValueError("conditioning='guidance' (VDM reconstruction guidance) needs objective='flow'")
         return conditioning
-
-    @torch.no_grad()
-    def _guided(
-        self, n, num_frames, height, width, given, mask, seed, batch_size, labels, captions, steps, weight,
-        corrector_steps=0, first_index=0,
-    ):  # fmt: skip
-        """Reconstruction-guided samples (see `lightning_modules.diffusion.guidance`), per-sample seeds."""
-        from lightning_modules.diffusion.guidance import reconstruction_guided_sample
-
-        latent_thw = self.codec.latent_shape(num_frames, height, width)
-        was_training = self.training
-        self.eval()
-        outs = []
-        try:
-            for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                part = {}
-                if labels is not None:
-                    part["label"] = torch.as_tensor(labels)[start : start + b]
-                if captions is not None:
-                    part["caption"] = list(captions)[start : start + b]
-                given_z = self.codec.encode(given[start : start + b].to(self.device).float())
-                per_sample = mask.dim() == 5 and mask.shape[0] == n and n > 1
-                mask_z = self._latent_mask(mask[start : start + b] if per_sample else mask, b, latent_thw)
-                z = reconstruction_guided_sample(
-                    self.dit, self.objective, (b, self.codec.latent_channels, *latent_thw), given=given_z,
-                    mask=mask_z, weight=weight, steps=steps, model_kwargs=self.conditioning(part, b),
-                    corrector_steps=corrector_steps,
-                    generator=[_seeded(seed, first_index + i) for i in range(start, start + b)],
-                )  # fmt: skip
-                outs.append(self.codec.decode(z)[:, :, :num_frames].clamp(-1, 1).float().cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(outs)
 
     def _extend(self, n, *, total_frames, num_frames, overlap, seed, given, mask, **kw) -> torch.Tensor:
         """Chunk-by-chunk generation past the training length (VDM / FDM style)."""

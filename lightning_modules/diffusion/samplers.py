@@ -139,7 +139,7 @@ def sample(
             rest = o[c:] if packed else o[:, c:]
             return torch.cat([g, rest], dim=0 if packed else 1)
 
-        return _map(guide, list(out) if packed else out, list(un) if packed else un)
+        return _map(guide, out, un)  # packed: both[:b] / both[b:] are already lists
 
     n = len(shape) if packed else shape[0]
     if sampler == "euler":

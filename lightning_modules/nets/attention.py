@@ -39,9 +39,9 @@ except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_varlen_func = None
 
 try:  # torch >= 2.5
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 except ImportError:  # pragma: no cover - old torch
-    BlockMask = create_block_mask = flex_attention = None
+    BlockMask = flex_attention = None
 
 FLEX_BLOCK = 128  # flex_attention's default tile
 
