@@ -115,7 +115,7 @@ def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
     trainer.fit(model, datamodule=Clips())
     # evaluated at steps 2 and 4; the end-of-training pass is skipped (step 4 already done)
     assert [h["step"] for h in cb.history] == [2, 4]
-    assert cb._real_stats.count == 6  # first num_real clips of the val loader, computed once
+    assert cb._real_stats["i3d"].count == 6 == cb._real_count  # first num_real val-loader clips, once
     # generation saw the EMA weights, not the raw ones; raw weights restored afterwards
     assert [w for _, w in model.seen] == pytest.approx(shadow_at_generate)
     assert float(model.w) != pytest.approx(shadow_at_generate[-1])

@@ -36,10 +36,12 @@ def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
     return frames
 
 
-def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> None:
+def write_heldout_shards(
+    folder: Path, lengths: list[int], size: int = 32, labels: list[int] | None = None, split: str = "val"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(
-        str(folder / schema.SHARD_PATTERN.format(split="val")), maxcount=2, verbose=0
+        str(folder / schema.SHARD_PATTERN.format(split=split)), maxcount=2, verbose=0
     ) as sink:
         for i, n in enumerate(lengths):
             key = schema.check_key(f"src{i:03d}_s0000_c00")
@@ -56,15 +58,17 @@ def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> No
                 "num_frames": n,
                 "width": size,
                 "height": size,
-                "split": "val",
+                "split": split,
                 "pipeline_version": schema.PIPELINE_VERSION,
             }
+            if labels is not None:
+                meta["label"] = labels[i]
             assert not schema.missing_meta(meta)
             sink.write(
                 {
                     "__key__": key,
                     schema.MP4: encode_mp4(moving_square(n, size, i)),
-                    schema.TXT: "a square",
+                    schema.TXT: f"a square number {i}",
                     schema.JSON: json.dumps(meta).encode(),
                 }
             )
@@ -73,7 +77,8 @@ def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> No
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    write_heldout_shards(root / "shards", [18, 5, 20, 17])  # the 5-frame clip is too short: discarded
+    # the 5-frame clip is too short: discarded; labels 0, (1), 1, 2 on the kept ones
+    write_heldout_shards(root / "shards", [18, 5, 20, 17], labels=[0, 1, 1, 2])
     (root / "fake").mkdir()
     for i in range(3):
         (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(16, 32, 10 + i)))
@@ -152,7 +157,11 @@ def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeyp
 
 
 class TinyDetector(nn.Module):
-    """Cheap stand-in with the TorchScript call signature, for testing the plumbing around I3D."""
+    """Cheap stand-in with the TorchScript call signature, for testing the plumbing around I3D.
+
+    Frames are weighted by their position before pooling over time, so it sees frame order: any
+    two different frames swapped change the features.
+    """
 
     def __init__(self):
         super().__init__()
@@ -162,6 +171,8 @@ class TinyDetector(nn.Module):
 
     def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
         x = x.float() / 127.5 - 1 if rescale else x
+        t = x.shape[2]
+        x = x * torch.linspace(0.5, 1.5, t).view(1, 1, t, 1, 1)  # position-dependent weight per frame
         pooled = nn.functional.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1)  # (B, 48)
         return self.proj(pooled)
 
@@ -178,11 +189,11 @@ def test_real_statistics_cache_is_reused_and_mismatch_is_an_error(data, tmp_path
     first, info = real_statistics(
         str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
     )
-    assert cache.exists() and info["cache_hit"] is False and first.count == 3
+    assert (tmp_path / "real.i3d.npz").exists() and info["cache_hit"] == {"i3d": False} and first.count == 3
     again, info2 = real_statistics(
         str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
     )
-    assert info2["cache_hit"] is True
+    assert info2["cache_hit"] == {"i3d": True}
     np.testing.assert_array_equal(again.scatter, first.scatter)
     # the fake side and final formula may change without invalidating the real statistics
     real_statistics(
@@ -226,23 +237,49 @@ def test_fake_folder_shorter_than_protocol_is_rejected(data):
 
 
 def test_same_clips_from_shards_frames_and_videos_give_the_same_statistics(data, tmp_path):
-    """Readers agree: the decoded shard clips, re-saved as PNG frame folders, give identical stats."""
+    """Readers agree: the shard clips, their mp4 bytes as a video folder, and their decoded frames
+    as PNG folders (unpadded names 0.png .. 17.png: frame order must survive) give identical stats."""
+    import tarfile
+
     from PIL import Image
 
     from lightning_modules.metrics.videos import open_sources
 
     protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=9, clip_start="first")
     _, sources = open_sources(str(data / "shards"))
-    frames_dir = tmp_path / "frames"
+    frames_dir, videos_dir = tmp_path / "frames", tmp_path / "videos"
+    videos_dir.mkdir()
+    for tar_path in sorted((data / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".mp4"):  # the very same encoded bytes
+                    (videos_dir / m.name).write_bytes(tar.extractfile(m).read())
     for s in sources:
         if s.num_frames >= 9:
             (frames_dir / s.key).mkdir(parents=True)
             for t, f in enumerate(s.load(list(range(s.num_frames)))):
-                Image.fromarray(f).save(frames_dir / s.key / f"{t:04d}.png")
-    a, _ = real_statistics(str(data / "shards"), protocol, tiny_detector(protocol), progress=False)
-    b, info = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
-    assert info["kind"] == "frames"
+                Image.fromarray(f).save(frames_dir / s.key / f"{t}.png")  # 10.png sorts before 2.png as text
+    a, info_a = real_statistics(str(data / "shards"), protocol, tiny_detector(protocol), progress=False)
+    b, info_b = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
+    c, info_c = real_statistics(str(videos_dir), protocol, tiny_detector(protocol), progress=False)
+    assert (info_a["kind"], info_b["kind"], info_c["kind"]) == ("shards", "frames", "videos")
+    assert info_b["first_keys"] == info_a["first_keys"] and a.count == b.count == c.count == 2
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12)
+    np.testing.assert_allclose(c.mean, a.mean, rtol=1e-12)
+    np.testing.assert_allclose(c.scatter, a.scatter, rtol=1e-9, atol=1e-9)
+
+
+def test_the_tiny_detector_sees_frame_order(data):
+    """The stand-in detector of these tests must fail a reader that scrambles frames."""
+    from lightning_modules.metrics.videos import open_sources
+
+    protocol = get_protocol("fvd2048_16f").override(num_frames=9)
+    _, sources = open_sources(str(data / "shards"))
+    clip = torch.from_numpy(sources[0].load(list(range(9)))).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    det = tiny_detector(protocol)
+    ref = det(clip)
+    assert (ref - det(clip.flip(2))).abs().max() > 1e-2  # reversed
+    assert (ref - det(clip[:, :, [1, 0, *range(2, 9)]])).abs().max() > 1e-3  # two frames swapped
 
 
 @pytest.mark.slow
@@ -351,3 +388,36 @@ def test_non_finite_metric_is_written_as_null_with_a_reason(data, tmp_path, monk
 def test_fid_antialias_defaults_to_the_tf1_resize():
     args = evaluate.build_parser().parse_args(["--real", "r", "--fake", "f"])
     assert args.fid_antialias == 0
+
+
+@pytest.mark.slow  # two Inception passes over 36 frames at 299x299 on CPU
+def test_fid_alone_needs_only_the_inception_file_and_caches_its_real_statistics(data, tmp_path, monkeypatch):
+    """--metrics fid: no I3D file anywhere, no --allow-random-detector; the Inception file given is a
+    random-init stand-in. Real Inception statistics go to their own cache file and are reused."""
+    from lightning_modules.metrics.fid_is import random_inception_weights
+
+    for env in ("VIDEODIT_I3D_TORCHSCRIPT", "VIDEODIT_I3D_STATE_DICT", "VIDEODIT_INCEPTION_WEIGHTS"):
+        monkeypatch.delenv(env, raising=False)
+    weights = random_inception_weights(tmp_path / "stand_in_inception.pth")
+    argv = ["--real", str(data / "shards"), "--fake", str(data / "fake"), "--metrics", "fid"]
+    argv += ["--num-real", "2", "--num-fake", "2", "--num-frames", "9", "--inception-weights", str(weights)]
+    argv += ["--real-cache", str(tmp_path / "real.npz"), "--no-progress"]
+    reports = []
+    for run in range(2):
+        out = tmp_path / f"report{run}.json"
+        assert evaluate.main([*argv, "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    first, second = reports
+    assert (
+        set(first["metrics"]) == {"fid"}
+        and np.isfinite(first["metrics"]["fid"])
+        and first["metrics"]["fid"] > 0
+    )
+    assert set(first["detectors"]) == {"frame"} and first["detector_sha256"] is None  # no I3D loaded
+    assert first["detectors"]["frame"]["outputs"] == ["2048"]  # no IS logits either
+    assert (tmp_path / "real.inception.npz").exists() and not (tmp_path / "real.i3d.npz").exists()
+    assert first["real"]["cache_hit"] == {"inception": False} and second["real"]["cache_hit"] == {
+        "inception": True
+    }
+    assert second["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"], rel=1e-12)
+    assert second["detectors"]["frame"]["frames"] == {"real": 0, "fake": 18}  # real frames not decoded again
