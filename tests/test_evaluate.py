@@ -77,8 +77,8 @@ def write_heldout_shards(
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    # the 5-frame clip is too short: discarded; labels 0, (1), 1, 2 on the kept ones
-    write_heldout_shards(root / "shards", [18, 5, 20, 17], labels=[0, 1, 1, 2])
+    # the 5-frame clip is too short: discarded; labels 0, (1), 2, 2: the kept ones have {0: 1, 2: 2}
+    write_heldout_shards(root / "shards", [18, 5, 20, 17], labels=[0, 1, 2, 2])
     (root / "fake").mkdir()
     for i in range(3):
         (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(16, 32, 10 + i)))
@@ -421,3 +421,95 @@ def test_fid_alone_needs_only_the_inception_file_and_caches_its_real_statistics(
     }
     assert second["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"], rel=1e-12)
     assert second["detectors"]["frame"]["frames"] == {"real": 0, "fake": 18}  # real frames not decoded again
+
+
+def class_conditional_checkpoint(tmp_path, num_classes: int = 3) -> Path:
+    """A debug-sized class-conditional checkpoint (one training step) whose output depends on the label.
+
+    adaLN-Zero starts every block and the final layer at zero, so a freshly trained model ignores
+    its condition; those layers get small random weights before saving.
+    """
+    import lightning as L
+
+    from datamodules.synthetic import SyntheticVideoDataModule
+    from lightning_modules.video_diffusion import VideoDiffusion
+
+    torch.manual_seed(0)
+    model = VideoDiffusion(
+        dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
+        num_classes=num_classes,
+        sample_steps=2,
+    )
+    dm = SyntheticVideoDataModule(
+        num_samples=4,
+        num_frames=10,
+        height=32,
+        width=32,
+        batch_size=2,
+        num_classes=num_classes,
+        patch_size=(1, 4, 4),
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN" in name or "final_layer" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    ckpt = tmp_path / "class_cond.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt
+
+
+@pytest.mark.slow  # trains one debug step, samples 2 x 6 clips, runs the random I3D
+def test_class_conditional_checkpoint_is_sampled_with_the_real_label_histogram(data, tmp_path, capsys):
+    ckpt = class_conditional_checkpoint(tmp_path)
+    argv = ["--real", str(data / "shards"), "--fake", str(ckpt), "--metrics", "fvd", "--no-ema"]
+    argv += ["--num-real", "3", "--num-fake", "6", "--num-frames", "9", "--steps", "2", "--sample-seed", "5"]
+    argv += [
+        "--allow-random-detector",
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--real-cache",
+        str(tmp_path / "r.npz"),
+    ]
+    reports = {}
+    for name, extra in (("labels", ["--labels"]), ("uncond", []), ("uniform", ["--labels", "uniform"])):
+        out = tmp_path / f"{name}.json"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert evaluate.main([*argv, *extra, "--out", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+        reports[name]["_warnings"] = [str(w.message) for w in caught]
+    cond = reports["labels"]["conditioning"]
+    # the 3 real clips carry labels 0, 2, 2: 6 fakes get twice that histogram
+    assert cond["mode"] == "class" and cond["labels"] == "real"
+    assert cond["real_label_histogram"] == {"0": 1, "2": 2} and cond["label_histogram"] == {"0": 2, "2": 4}
+    assert cond["unconditional_run_of_conditional_model"] is False
+    assert reports["uniform"]["conditioning"]["label_histogram"] == {"0": 2, "1": 2, "2": 2}
+    uncond = reports["uncond"]["conditioning"]
+    assert uncond["mode"] == "unconditional" and uncond["unconditional_run_of_conditional_model"] is True
+    assert "class-conditional (num_classes=3)" in uncond["warning"]
+    assert any("UNCONDITIONAL" in n for n in reports["uncond"]["notes"])
+    assert any("UNCONDITIONAL" in w for w in reports["uncond"]["_warnings"])
+    assert "WARNING: UNCONDITIONAL" in capsys.readouterr().err
+    # same seed, same real statistics (cache hit), different conditions: different FVD
+    assert reports["uncond"]["real"]["cache_hit"] == {"i3d": True}
+    fvd = {name: r["metrics"]["fvd"] for name, r in reports.items()}
+    assert fvd["labels"] != pytest.approx(fvd["uncond"], rel=1e-6), fvd
+    assert fvd["uniform"] != pytest.approx(fvd["labels"], rel=1e-6), fvd
+    # what moved the number is recorded
+    s = reports["labels"]["sampling"]
+    assert (s["sampler"], s["steps"], s["cfg_scale"], s["steps_from"]) == ("ddim", 2, 1.0, "--steps")
+    assert reports["labels"]["fake"]["seed"] == 5 and "(5, i)" in reports["labels"]["fake"]["seeds"]
+    env = reports["labels"]["environment"]
+    assert all(env[k] for k in ("torch", "scipy", "torchmetrics", "decord", "numpy"))
