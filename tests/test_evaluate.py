@@ -513,3 +513,47 @@ def test_class_conditional_checkpoint_is_sampled_with_the_real_label_histogram(d
     assert reports["labels"]["fake"]["seed"] == 5 and "(5, i)" in reports["labels"]["fake"]["seeds"]
     env = reports["labels"]["environment"]
     assert all(env[k] for k in ("torch", "scipy", "torchmetrics", "decord", "numpy"))
+
+
+def test_resolution_split_and_count_differences_are_reported(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    small = tmp_path / "fake48"
+    small.mkdir()
+    for i in range(2):
+        (small / f"s{i}.mp4").write_bytes(encode_mp4(moving_square(16, 48, 20 + i)))
+    argv = ["--real", str(data / "shards"), "--fake", str(small), "--num-fake", "2", "--num-frames", "9"]
+    argv += ["--allow-random-detector", "--no-progress", "--batch-size", "2"]
+    native_out, train_out = tmp_path / "native.json", tmp_path / "train.json"
+    with pytest.warns(
+        UserWarning, match=r"real clips are \[\[32, 32\]\] \(H, W\) but fakes are \[\[48, 48\]\]"
+    ):
+        assert evaluate.main([*argv, "--num-real", "2", "--out", str(native_out)]) == 0
+    native = json.loads(native_out.read_text())
+    assert native["resolution"] == {
+        "real_resize": "native",
+        "real_sizes": [[32, 32]],
+        "fake_sizes": [[48, 48]],
+        "match": False,
+    }
+    assert any("--real-resize train" in n for n in native["notes"])
+    assert any("real split 'val' differs from the 'train' split" in n for n in native["notes"])
+    # resized to the fakes' size; 5 asked but only 3 real videos are long enough: all 3 used, said so
+    assert evaluate.main([*argv, "--num-real", "5", "--real-resize", "train", "--out", str(train_out)]) == 0
+    train = json.loads(train_out.read_text())
+    assert train["resolution"]["real_sizes"] == [[48, 48]] and train["resolution"]["match"] is True
+    assert train["real"]["resize"] == {"real_resize": "train", "size": [48, 48], "conversion": "round"}
+    assert train["counts"]["real"] == 3 and train["real"]["used_all"] is True
+    assert any("only 3 usable real clips for the 5 asked" in n for n in train["notes"])
+    assert "real_resize=train" in train["protocol"]["name"]
+    assert train["protocol"]["sources"]["real_selection"].startswith("universome/stylegan-v")
+
+
+def test_videos_decord_cannot_copy_out_are_read_with_pyav():
+    """decord 0.6 fails (or returns 4 channels) on 24- or 48-pixel-wide H.264; the reader falls back."""
+    from lightning_modules.metrics.videos import _decode_pyav, decode_frames
+
+    for size in (24, 48):
+        data = encode_mp4(moving_square(16, size, 3))
+        frames = decode_frames(data, [0, 7, 15])
+        assert frames.shape == (3, size, size, 3)
+        np.testing.assert_array_equal(frames, _decode_pyav(data, [0, 7, 15]))

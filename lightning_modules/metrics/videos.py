@@ -57,7 +57,8 @@ class Clip:
 
 # ---------------------------------------------------------------- decoding
 def decode_frames(data: str | bytes, indices: list[int]) -> np.ndarray:
-    """Frames `indices` of a video (path or encoded bytes) -> uint8 (K, H, W, 3). decord, PyAV for GIF."""
+    """Frames `indices` of a video (path or encoded bytes) -> uint8 (K, H, W, 3). decord; PyAV for GIF
+    and where decord fails (it cannot copy out frames of some widths, e.g. 24 or 48 pixels)."""
     is_gif = (isinstance(data, str) and data.lower().endswith(".gif")) or (
         isinstance(data, bytes) and data[:4] == b"GIF8"
     )
@@ -65,7 +66,12 @@ def decode_frames(data: str | bytes, indices: list[int]) -> np.ndarray:
         import decord
 
         reader = decord.VideoReader(data if isinstance(data, str) else io.BytesIO(data), ctx=decord.cpu(0))
-        return reader.get_batch(list(indices)).asnumpy()
+        try:
+            frames = reader.get_batch(list(indices)).asnumpy()
+        except decord.DECORDError:  # decord 0.6 fails on some frame widths (e.g. 24, 48: not a multiple of 32)
+            frames = None
+        if frames is not None and frames.shape[-1] == 3:
+            return frames
     return _decode_pyav(data, indices)
 
 
