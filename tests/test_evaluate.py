@@ -136,6 +136,11 @@ def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys,
         np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 1e-3
     )  # random I3D still separates clips
     assert any("uncalibrated" in n for n in report["notes"]) and any("custom" in n for n in report["notes"])
+    env = report["environment"]  # every package that can move a number, by version
+    assert all(
+        env[k] for k in ("torch", "numpy", "scipy", "torchmetrics", "torch-fidelity", "decord", "python")
+    )
+    assert report["conditioning"] is None and report["sampling"] is None  # a folder of fakes: nothing sampled
 
 
 def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeypatch):
