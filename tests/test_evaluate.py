@@ -426,6 +426,7 @@ def test_fid_alone_needs_only_the_inception_file_and_caches_its_real_statistics(
     }
     assert second["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"], rel=1e-12)
     assert second["detectors"]["frame"]["frames"] == {"real": 0, "fake": 18}  # real frames not decoded again
+    assert second["real"]["sizes"] == first["real"]["sizes"] == [[32, 32]]  # known from one frame on a hit
 
 
 def class_conditional_checkpoint(tmp_path, num_classes: int = 3) -> Path:
@@ -520,6 +521,7 @@ def test_class_conditional_checkpoint_is_sampled_with_the_real_label_histogram(d
     assert all(env[k] for k in ("torch", "scipy", "torchmetrics", "decord", "numpy"))
 
 
+@pytest.mark.slow  # two runs of the random I3D (~40 s on a shared CPU)
 def test_resolution_split_and_count_differences_are_reported(data, tmp_path, monkeypatch):
     monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
     small = tmp_path / "fake48"

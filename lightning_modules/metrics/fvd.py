@@ -185,7 +185,13 @@ def real_statistics(
             stats[name] = st
             if cache is not None and rank == 0:
                 save_stats(cache_path(cache, name), st, keys[name])
+    sizes_from = "every clip"
+    if not sizes and clips:  # all read from the cache: the size of the first clip stands for the set
+        first = clips[0].source.load(clips[0].indices[:1])
+        sizes = {tuple((transform(first) if transform else first).shape[1:3])}
+        sizes_from = "first clip (statistics from the cache)"
     info.update(
+        sizes_from=sizes_from,
         cache={name: str(cache_path(cache, name)) for name in feature_sets} if cache else None,
         cache_hit=hits,
         count=next(iter(stats.values())).count if stats else len(clips),
