@@ -161,7 +161,9 @@ def load_fvd_detector(
         path = folder / f"random_{WEIGHT_FILES[kind]['file']}"
         if not path.exists():
             save = i3d.save_torchscript if kind == "i3d_torchscript" else i3d.save_state_dict
-            save(i3d.random_i3d(seed=0), path)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            save(i3d.random_i3d(seed=0), tmp)
+            tmp.replace(path)  # atomic: concurrent runs sharing random_dir never read half a file
     device = torch.device(device)
     if kind == "i3d_torchscript":
         module = i3d.load_torchscript(path, map_location=device)

@@ -68,7 +68,9 @@ def decode_frames(data: str | bytes, indices: list[int]) -> np.ndarray:
         reader = decord.VideoReader(data if isinstance(data, str) else io.BytesIO(data), ctx=decord.cpu(0))
         try:
             frames = reader.get_batch(list(indices)).asnumpy()
-        except decord.DECORDError:  # decord 0.6 fails on some frame widths (e.g. 24, 48: not a multiple of 32)
+        except (
+            decord.DECORDError
+        ):  # decord 0.6 fails on some frame widths (e.g. 24, 48: not a multiple of 32)
             frames = None
         if frames is not None and frames.shape[-1] == 3:
             return frames
