@@ -5,8 +5,9 @@ Lightning restores a train loader mid-epoch only when the loader has `state_dict
 starts). Our training loaders yield a batch stream that is a pure function of (seed, epoch): the
 synthetic module shuffles with a (seed, epoch) sampler, the shard module draws everything from
 (seed, epoch, rank, worker). So the state is one number, the batches already taken this epoch, and
-resuming replays the same epoch's stream and drops that many batches first. Dropped batches are
-still produced (decoded), which costs the time of those batches once, and nothing else.
+resuming replays the same epoch's stream and drops that many batches first. A loader whose dataset
+can skip batches itself (`skip_batches(n)`: the shard loader re-plans them without decoding) hands
+the skip down; otherwise the dropped batches are still produced once (the synthetic loader, cheap).
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ class ResumableLoaderMixin:
     _taken = 0  # batches yielded in the current pass
     _resume: dict | None = None  # state to honour at the start of the next pass (load_state_dict)
 
-    def _resumable(self, it, epoch: int) -> Iterator:
+    def _resume_skip(self, epoch: int) -> int:
+        """Batches of the pass of `epoch` that is starting which a loaded state says were taken."""
         resume, self._resume = self._resume, None
-        skip = resume["taken"] if resume and resume.get("epoch", epoch) == epoch else 0
+        return resume["taken"] if resume and resume.get("epoch", epoch) == epoch else 0
+
+    def _resumable(self, it, epoch: int, *, skip: int | None = None, skipped: bool = False) -> Iterator:
+        """Count the batches of `it`; drop the first `skip` (default: from a loaded state), or, with
+        `skipped=True`, only count them: the dataset already left them out."""
+        skip = self._resume_skip(epoch) if skip is None else skip
         self._epoch, self._taken = epoch, 0
+        if skipped:
+            self._taken = skip
+            skip = 0
         for batch in it:
             self._taken += 1
             if self._taken > skip:
