@@ -8,8 +8,10 @@ Epochs and DDP. Training is a stream with a defined length: every rank yields ex
 so ranks never wait on each other and never run out of data (stream.py says which samples).
 
 Resume. A loaded state "k batches of epoch e taken" reaches the workers as a skip: worker w
-re-plans its first ``k // W + (w < k % W)`` batches (json and draws only, no decode) and
-yields the rest, which are exactly the batches an uninterrupted run yields after its first k.
+plays the part of worker (w + k) % W of the uninterrupted run (the loader restarts its round
+robin at worker 0), re-plans that worker's first ``k // W + (w' < k % W)`` batches (json and
+draws only, no decode) and yields the rest: exactly the batches an uninterrupted run yields after
+its first k, in its order.
 A batch whose every sample fails to decode is replaced by the next one (a resume past such a batch
 is then one batch late in that worker; corrupt samples are counted either way).
 
@@ -93,7 +95,9 @@ class ShardDataset(IterableDataset):
         planner.count(wid, "budget", self.o.tokens_per_batch)
         return collate_packed(samples, scale=False)
 
-    def _train(self, stream: ShardStream, planner: Planner, *, wid: int, nw: int, skip: int) -> Iterator[dict]:
+    def _train(
+        self, stream: ShardStream, planner: Planner, *, wid: int, nw: int, skip: int
+    ) -> Iterator[dict]:
         quota = self.batches_per_rank // nw + (wid < self.batches_per_rank % nw)
         skip = skip // nw + (wid < skip % nw)  # this worker's share of the batches already taken
         groups = self._groups(stream.train_plans(wid, nw), final_flush=False)
@@ -137,11 +141,16 @@ class ShardDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # decord and torch ops per worker: workers are the parallelism
-        planner = Planner(self.o, train=self.train, image_shards=bool(self.image_urls), counters=self.counters)
+        planner = Planner(
+            self.o, train=self.train, image_shards=bool(self.image_urls), counters=self.counters
+        )
         stream = ShardStream(urls=self.urls, image_urls=self.image_urls, opts=self.o, train=self.train,
                              rank=self.rank, world_size=self.world_size, planner=planner, epoch=self.epoch)  # fmt: skip
         if self.train:
-            yield from self._train(stream, planner, wid=wid, nw=nw, skip=int(self.control[1]))
+            skip = int(self.control[1])
+            # the DataLoader takes batches round robin from worker 0; the uninterrupted run's next batch
+            # (number `skip`) is worker skip % nw's: rename the workers so that one goes first
+            yield from self._train(stream, planner, wid=(wid + skip) % nw, nw=nw, skip=skip)
         else:
             yield from self._eval(stream, planner, wid=wid, nw=nw)
 
@@ -178,8 +187,8 @@ class EpochLoader(ResumableLoaderMixin, DataLoader):
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         epoch = self._count if epoch is None else epoch
         self._count += 1
+        epoch, skip = self._resume_skip(epoch)
         self.dataset.set_epoch(epoch)
-        skip = self._resume_skip(epoch)
         self.dataset.skip_batches(skip)  # before the workers start (or resume) this pass
         it = self._resumable(super().__iter__(), epoch, skip=skip, skipped=True)
         # workers ship uint8; the contract's float [-1, 1] is made here, or after the batch transfer

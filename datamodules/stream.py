@@ -52,7 +52,9 @@ class ShardStream:
 
         return handler
 
-    def share(self, urls: list[str], wid: int, nw: int, level: int) -> tuple[list[str], Callable[[int], bool]]:
+    def share(
+        self, urls: list[str], wid: int, nw: int, level: int
+    ) -> tuple[list[str], Callable[[int], bool]]:
         """(urls, keep(i)) for this rank/worker; level 1 = the whole rank share, 2 = everything."""
         order = list(urls)
         if self.train and self.o.shuffle_shards:
@@ -126,7 +128,9 @@ class ShardStream:
             return videos
         images = self.endless(self.image_urls, wid=wid, nw=nw)
         rng = random.Random(zlib.crc32(f"{self.o.seed}/{self.epoch}/{self.rank}/{wid}/mix".encode()))
-        return (next(images) if rng.random() < self.o.image_ratio else next(videos) for _ in itertools.count())
+        return (
+            next(images) if rng.random() < self.o.image_ratio else next(videos) for _ in itertools.count()
+        )
 
     def eval_plans(self, wid: int) -> Iterator[dict]:
         """Every evaluation sample in file order, on every rank and worker: the batches are formed
