@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.buckets import BucketBatcher
+from datamodules.buffers import BufferRing, new_ring
 from datamodules.collate import collate_bucketed, collate_packed, to_unit
 from datamodules.options import Options
 from datamodules.packing import StreamPacker
@@ -59,6 +60,8 @@ class ShardDataset(IterableDataset):
         self.counters = counters  # (num_workers, len(COUNTERS)) int64, shared memory
         # [epoch, batches to skip]: shared memory, so persistent workers see each new epoch
         self.control = torch.zeros(2, dtype=torch.long).share_memory_()
+        self.ring = new_ring(opts.num_workers)  # reusable batch blocks per worker (buffers.py)
+        self._buffers: BufferRing | None = None  # this worker's, kept across (persistent) epochs
 
     @property
     def epoch(self) -> int:
@@ -89,11 +92,12 @@ class ShardDataset(IterableDataset):
         if not samples:
             return None
         planner.count(wid, "batches")
+        alloc = self._buffers.take if self._buffers is not None else None
         if self.o.batching == "bucket":
-            return collate_bucketed(samples, scale=False)
+            return collate_bucketed(samples, scale=False, alloc=alloc)
         planner.count(wid, "tokens", sum(s["tokens"] for s in samples))
         planner.count(wid, "budget", self.o.tokens_per_batch)
-        return collate_packed(samples, scale=False)
+        return collate_packed(samples, scale=False, alloc=alloc)
 
     def _train(
         self, stream: ShardStream, planner: Planner, *, wid: int, nw: int, skip: int
@@ -121,26 +125,35 @@ class ShardDataset(IterableDataset):
                 continue
             batch = self._emit(group, planner, wid=wid)
             if batch is None:
-                owed += 1  # keep the count: repeat a decoded batch in its place
+                owed += 1  # keep the count: repeat a decoded group in its place
                 continue
-            good = batch
+            good = group
             yield batch
             for _ in range(owed):
-                yield _padding(good, planner, wid)
+                yield from self._padding(good, planner, wid)
             owed = 0
         local = len(range(rank, n, world))  # this rank's batches; every rank yields ceil(n / world)
         if local < -(-n // world) and local % nw == wid and last is not None:
-            batch = self._emit(last, planner, wid=wid)
-            good = batch if batch is not None else good
             owed += 1
+            good = last if good is None else good
         for _ in range(owed if good is not None else 0):
-            yield _padding(good, planner, wid)
+            yield from self._padding(good, planner, wid)
+
+    def _padding(self, group: list[dict], planner: Planner, wid: int) -> Iterator[dict]:
+        """`group` decoded again, its samples saying ``padding: True`` (equal counts per rank)."""
+        batch = self._emit(group, planner, wid=wid)
+        if batch is not None:
+            planner.count(wid, "padding")
+            batch["meta"] = [{**m, "padding": True} for m in batch["meta"]]
+            yield batch
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # decord and torch ops per worker: workers are the parallelism
+            if self._buffers is None:
+                self._buffers = BufferRing(self.ring, info.id)
         planner = Planner(
             self.o, train=self.train, image_shards=bool(self.image_urls), counters=self.counters
         )
@@ -153,12 +166,6 @@ class ShardDataset(IterableDataset):
             yield from self._train(stream, planner, wid=(wid + skip) % nw, nw=nw, skip=skip)
         else:
             yield from self._eval(stream, planner, wid=wid, nw=nw)
-
-
-def _padding(batch: dict, planner: Planner, wid: int) -> dict:
-    """A repeat of `batch` whose samples say ``padding: True`` (evaluation: equal counts per rank)."""
-    planner.count(wid, "padding")
-    return {**batch, "meta": [{**m, "padding": True} for m in batch["meta"]]}
 
 
 class EpochLoader(ResumableLoaderMixin, DataLoader):
