@@ -25,15 +25,17 @@ each other in validation; a batch that fails to decode is replaced the same way.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.buckets import BucketBatcher
-from datamodules.buffers import BufferRing, new_ring
+from datamodules.buffers import BlockTable, attach, detach
 from datamodules.collate import collate_bucketed, collate_packed, to_unit
-from datamodules.options import Options
+from datamodules.options import Options, make_buckets
 from datamodules.packing import StreamPacker
 from datamodules.planning import Planner
 from datamodules.resumable import ResumableLoaderMixin
@@ -60,8 +62,9 @@ class ShardDataset(IterableDataset):
         self.counters = counters  # (num_workers, len(COUNTERS)) int64, shared memory
         # [epoch, batches to skip]: shared memory, so persistent workers see each new epoch
         self.control = torch.zeros(2, dtype=torch.long).share_memory_()
-        self.ring = new_ring(opts.num_workers)  # reusable batch blocks per worker (buffers.py)
-        self._buffers: BufferRing | None = None  # this worker's, kept across (persistent) epochs
+        # reusable batch blocks for the workers (buffers.py), allocated here, before they start
+        self.blocks = BlockTable(opts.num_workers, block_bytes(opts)) if opts.num_workers > 0 else None
+        self._alloc = None  # a worker's `take` from its row of blocks
 
     @property
     def epoch(self) -> int:
@@ -92,12 +95,13 @@ class ShardDataset(IterableDataset):
         if not samples:
             return None
         planner.count(wid, "batches")
-        alloc = self._buffers.take if self._buffers is not None else None
         if self.o.batching == "bucket":
-            return collate_bucketed(samples, scale=False, alloc=alloc)
-        planner.count(wid, "tokens", sum(s["tokens"] for s in samples))
-        planner.count(wid, "budget", self.o.tokens_per_batch)
-        return collate_packed(samples, scale=False, alloc=alloc)
+            batch = collate_bucketed(samples, scale=False, alloc=self._alloc)
+        else:
+            planner.count(wid, "tokens", sum(s["tokens"] for s in samples))
+            planner.count(wid, "budget", self.o.tokens_per_batch)
+            batch = collate_packed(samples, scale=False, alloc=self._alloc)
+        return detach(batch) if self._alloc is not None else batch
 
     def _train(
         self, stream: ShardStream, planner: Planner, *, wid: int, nw: int, skip: int
@@ -152,8 +156,8 @@ class ShardDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # decord and torch ops per worker: workers are the parallelism
-            if self._buffers is None:
-                self._buffers = BufferRing(self.ring, info.id)
+            if self.blocks is not None:
+                self._alloc = functools.partial(self.blocks.take, info.id)
         planner = Planner(
             self.o, train=self.train, image_shards=bool(self.image_urls), counters=self.counters
         )
@@ -166,6 +170,14 @@ class ShardDataset(IterableDataset):
             yield from self._train(stream, planner, wid=(wid + skip) % nw, nw=nw, skip=skip)
         else:
             yield from self._eval(stream, planner, wid=wid, nw=nw)
+
+
+def block_bytes(o: Options) -> int:
+    """The largest batch of uint8 video the settings allow (bytes): the size of a worker's block."""
+    if o.batching == "bucket":
+        return max(b.batch_size * b.num_frames * b.height * b.width * 3 for b in make_buckets(o, o.grid).all)
+    voxels = math.prod(p * d for p, d in zip(o.patch_size, o.latent_downsample))  # pixels per token
+    return o.tokens_per_batch * voxels * 3
 
 
 class EpochLoader(ResumableLoaderMixin, DataLoader):
@@ -197,7 +209,10 @@ class EpochLoader(ResumableLoaderMixin, DataLoader):
         epoch, skip = self._resume_skip(epoch)
         self.dataset.set_epoch(epoch)
         self.dataset.skip_batches(skip)  # before the workers start (or resume) this pass
-        it = self._resumable(super().__iter__(), epoch, skip=skip, skipped=True)
+        batches = (
+            attach(b, pin=self.pin_memory) for b in super().__iter__()
+        )  # videos from the workers' blocks
+        it = self._resumable(batches, epoch, skip=skip, skipped=True)
         # workers ship uint8; the contract's float [-1, 1] is made here, or after the batch transfer
         return it if self.normalize_on_device else map(to_unit, it)
 
