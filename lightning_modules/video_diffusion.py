@@ -50,8 +50,11 @@ class DiTConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float | None = None
-    block_type: Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "full"] | None = None
+    block_type: Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full"] | None = None
     pos_embed: Literal["rope", "sincos"] | None = None
+    causal: bool | None = None  # frame-causal temporal / full attention
+    cond_injection: Literal["adaln", "in_context"] | None = None
+    frame_cond: Literal["concat", "cross_attn", "adaln"] | None = None  # VDT's given-frame schemes
     attn_backend: Literal["sdpa", "sdpa_dense", "flex", "flash"] | None = None
     grad_checkpointing: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # any other VideoDiT keyword
