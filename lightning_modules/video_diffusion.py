@@ -50,7 +50,9 @@ class DiTConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float | None = None
-    block_type: Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full"] | None = None
+    block_type: (
+        Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full"] | None
+    ) = None
     pos_embed: Literal["rope", "sincos"] | None = None
     causal: bool | None = None  # frame-causal temporal / full attention
     cond_injection: Literal["adaln", "in_context"] | None = None
