@@ -54,7 +54,7 @@ class DiTConfig:
     block_type: (
         Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full"] | None
     ) = None
-    pos_embed: Literal["rope", "sincos"] | None = None
+    pos_embed: Literal["rope", "sincos", "sincos_framewise"] | None = None
     causal: bool | None = None  # frame-causal temporal / full attention
     cond_injection: Literal["adaln", "in_context"] | None = None
     frame_cond: Literal["concat", "cross_attn", "adaln"] | None = None  # VDT's given-frame schemes

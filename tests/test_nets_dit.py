@@ -7,7 +7,7 @@ from lightning_modules.nets import DIT_PRESETS, VideoDiT
 from lightning_modules.nets.attention import PackedLayout, rope_3d
 
 BLOCKS = ("factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full")
-POS = ("rope", "sincos")
+POS = ("rope", "sincos", "sincos_framewise")
 
 
 def tiny(**kw):

@@ -61,7 +61,7 @@ REACH = {
 
 
 @pytest.mark.parametrize("patch_size", [(1, 2, 2), (2, 2, 2)], ids=["2d", "tubelet"])
-@pytest.mark.parametrize("pos_embed", ["rope", "sincos"])
+@pytest.mark.parametrize("pos_embed", ["rope", "sincos", "sincos_framewise"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("block_type,depth", list(REACH), ids=[b for b, _ in REACH])
 def test_perturbing_frame_3_reaches_what_the_variant_allows(block_type, depth, causal, pos_embed, patch_size):
@@ -116,7 +116,7 @@ def _packed_vs_single(model, with_cond=True):
 
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa_dense"])
 @pytest.mark.parametrize("block_type", BLOCKS)
-@pytest.mark.parametrize("pos_embed", ["rope", "sincos"])
+@pytest.mark.parametrize("pos_embed", ["rope", "sincos", "sincos_framewise"])
 def test_causal_packed_equals_per_clip(block_type, backend, pos_embed):
     model = randomize(
         tiny(block_type=block_type, depth=2, causal=True, attn_backend=backend, pos_embed=pos_embed)

@@ -190,7 +190,7 @@ def test_preset_parameter_counts_next_to_dit_and_latte(capsys):
 def _static_clip_check(dit_kw, video_kw, frames=3, atol=1e-4):
     ref = random_dit(**dit_kw)
     ours = VideoDiT(
-        pos_embed="sincos", learn_sigma=True, in_channels=dit_kw.get("in_channels", 4), **video_kw
+        pos_embed="sincos_framewise", learn_sigma=True, in_channels=dit_kw.get("in_channels", 4), **video_kw
     )
     rep = init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
     assert rep.accounts_for(ref.state_dict()), rep

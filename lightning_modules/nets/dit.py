@@ -22,9 +22,10 @@ The research switches (each one constructor argument, hence one `--model.dit.X` 
   concatenation), ``cross_attn`` (the sequence keeps only the mask tag at given positions; every
   block cross-attends to the given tokens), ``adaln`` (likewise, and the given tokens' mean goes into
   the adaLN conditioning vector).
-Positions are 3D RoPE on per-token (t, h, w) coordinates (any shape, packing) or fixed sin-cos (DiT's
-2D embedding added to the tokens; the temporal sin-cos added to the input of frame-mixing attention
-only, so each frame's spatial path is exactly an image DiT's: see `init_from_image_dit`).
+Positions are 3D RoPE on per-token (t, h, w) coordinates (any shape, packing) or fixed sin-cos: DiT's
+2D embedding added to the tokens, and a temporal one added to the tokens too ("sincos") or only to
+the input of frame-mixing attention ("sincos_framewise": each frame's spatial path is then exactly
+an image DiT's, see `init_from_image_dit`).
 Conditioning also: optional cross-attention on caption tokens, VDT's mask embedding.
 
 Two entry points share every weight: `forward` for a single-shape batch (fast path, plain reshapes)
@@ -43,7 +44,7 @@ from .blocks import Context, CrossAttention, DiTBlock, FinalLayer, Mlp, Timestep
 from .positions import sincos_spatial, sincos_temporal
 
 BLOCK_TYPES = ("factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full")
-POS_EMBEDS = ("rope", "sincos")
+POS_EMBEDS = ("rope", "sincos", "sincos_framewise")
 COND_INJECTIONS = ("adaln", "in_context")
 FRAME_CONDS = ("concat", "cross_attn", "adaln")
 
@@ -58,7 +59,10 @@ class VideoDiT(nn.Module):
         hidden_size, depth, num_heads, mlp_ratio: transformer size (presets in `DIT_PRESETS`).
         block_type: "factorized", "late_fusion" (depth even: depth counts spatial and temporal
             blocks), "vdt", "spatial_temporal", "split_heads" (num_heads >= 2) or "full".
-        pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing) or "sincos" (fixed).
+        pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing), "sincos" (fixed: DiT's 2D
+            sin-cos plus a temporal sin-cos, both added to the tokens, as Latte / VDT) or
+            "sincos_framewise" (DiT's 2D sin-cos added to the tokens, the temporal one only to the
+            input of frame-mixing attention: each frame's path is an image DiT's, see init_from).
         causal: frame-causal temporal and full attention.
         cond_injection: "adaln" (adaLN-Zero) or "in_context" (conditioning tokens, no modulation).
         frame_cond: "concat", "cross_attn" or "adaln": how given frames condition the rest.
@@ -306,7 +310,11 @@ class VideoDiT(nn.Module):
             ctx.rope = rope_3d(layout.coords, self.hidden_size // self.num_heads, self.rope_base)
         else:
             h = h + sincos_spatial(layout.coords, self.hidden_size).to(h.dtype)  # (B|1, N, D)
-            ctx.tpos = sincos_temporal(layout.coords, self.hidden_size).to(h.dtype)  # (N, D)
+            tpos = sincos_temporal(layout.coords, self.hidden_size).to(h.dtype)  # (N, D)
+            if self.pos_embed == "sincos":
+                h = h + tpos
+            else:
+                ctx.tpos = tpos
         if text is not None:
             if self.text_embedder is None:
                 raise ValueError(

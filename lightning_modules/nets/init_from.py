@@ -17,7 +17,8 @@ Two mappings:
 - ``per_frame``: DiT's blocks fill the spatial path in order (the spatial blocks, or the spatial
   attention of two-attention blocks), and every temporal layer starts as the identity (its output
   projection and adaLN rows zeroed: gate 0), so the video model is exactly the image model applied to
-  each frame (with `pos_embed="sincos"`, whose temporal part enters only at frame-mixing attention).
+  each frame (exactly so with `pos_embed="sincos_framewise"`, whose temporal part enters only at
+  frame-mixing attention).
 
 In both, the mask embedding's "generated" row is zeroed, so a clip with nothing given adds nothing.
 """
@@ -126,7 +127,12 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
                 "fixed 2D sin-cos; VideoDiT computes the same values on any grid"
                 if same
                 else "not DiT's fixed sin-cos of this width: positions are not transferable"
-            ) + ("" if dit.pos_embed == "sincos" else " (this model uses rope)")
+            ) + {
+                "rope": " (this model uses rope instead)",
+                "sincos": " (its temporal sin-cos is added to every token: use pos_embed='sincos_framewise'"
+                " for an exactly per-frame start)",
+                "sincos_framewise": "",
+            }[dit.pos_embed]
         elif key == "temp_embed":
             rep.skipped[key] = "Latte's fixed temporal sin-cos; recomputed"
         elif key == "x_embedder.proj.weight":
