@@ -231,3 +231,30 @@ def test_frame_conditioning_reaches_through_its_scheme_only(frame_cond):
         layer.bias.zero_()
         still = (model(x, t, mask=mask) - model(x2, t, mask=mask)).abs()
         assert still.amax() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa_dense", "flex", "flash"])
+@pytest.mark.parametrize("block_type", ["vdt", "split_heads", "full"])
+def test_causal_packed_backends_on_cuda_match_per_clip_bf16(backend, block_type):
+    """On a GPU (bf16 autocast), every packed backend's frame-causal attention matches the per-clip
+    fast path; flash refuses frame-causal full attention (its mask is per token) with a clear error."""
+    from lightning_modules.nets.attention import flash_attn_varlen_func
+
+    if backend == "flash" and flash_attn_varlen_func is None:
+        pytest.skip("flash-attn is not installed")
+    model = randomize(
+        tiny(block_type=block_type, depth=2, hidden_size=64, causal=True, attn_backend=backend)
+    ).cuda()
+    xs, masks = _clips()
+    xs, masks = [x.cuda() for x in xs], [m.cuda() for m in masks]
+    t = torch.arange(len(xs), device="cuda").float()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        if backend == "flash" and block_type == "full":
+            with pytest.raises(NotImplementedError, match="frame-causal"):
+                model.forward_packed(xs, t, masks=masks)
+            return
+        packed = model.forward_packed(xs, t, masks=masks)
+        for i, x in enumerate(xs):
+            single = model(x[None], t[i : i + 1], mask=masks[i][None])[0]
+            torch.testing.assert_close(packed[i].float(), single.float(), atol=3e-2, rtol=3e-2)
