@@ -144,3 +144,32 @@ def test_paper_config_runs_one_step_with_the_debug_overlay(name, tmp_path, tiny_
 def test_latte_dataset_runs_one_step_with_the_debug_overlay(dataset, tmp_path):
     cli = _one_step([str(CONFIGS / "latte_S_2.yaml"), str(CONFIGS / f"{dataset}.yaml")], tmp_path)
     assert cli.model.dit.num_classes == DATASETS[dataset]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model.dit.frame_cond=cross_attn"],
+        ["--model.dit.frame_cond=adaln"],
+        ["--model.dit.cond_injection=in_context"],
+        ["--model.dit.block_type=split_heads", "--model.dit.causal=true"],
+        ["--model.dit.block_type=late_fusion", "--model.spatial_phase_steps=5"],
+        [
+            "--model.dit.pos_embed=sincos_framewise",
+            "--model.spatial_phase=freeze",
+            "--model.spatial_phase_steps=5",
+        ],
+    ],
+    ids=["cross_attn", "adaln_frames", "in_context", "split_causal", "late_fusion_phase", "framewise_freeze"],
+)
+def test_each_switch_is_one_flag_on_a_paper_config(flags, tmp_path):
+    """The comparisons of the papers as one-line changes: VDT-S with each switch trains a step (on
+    prediction masks, so the given-frame schemes have given frames to work with)."""
+    cli = _one_step([str(CONFIGS / "vdt_S.yaml")], tmp_path, *flags, "--model.mask_probs={predict: 1.0}")
+    assert cli.model.masks is not None and cli.model.hparams.mask_probs == {"predict": 1.0}
+    for flag in flags:
+        key, value = flag.removeprefix("--").split("=")
+        section, name = key.split(".")[-2:]
+        obj = cli.model.dit if section == "dit" else cli.model.hparams
+        got = getattr(obj, name) if section == "dit" else obj[name]
+        assert str(got).lower() == value.lower(), flag
