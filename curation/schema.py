@@ -30,6 +30,9 @@ LATENT = "latent.npy"
 SPLITS = ("train", "val")
 SHARD_PATTERN = "{split}-%06d.tar"  # under OUT/shards/
 SHARD_INDEX = "index.json"  # OUT/shards/index.json
+# per-shard columns of index.json ("clips": {field: [one value per clip, in shard order]}): what a
+# loader needs to size an epoch (buckets, packing) without reading a tar
+INDEX_CLIP_FIELDS = ("key", "num_frames", "fps", "height", "width")
 
 # Keys of the per-sample json (values: what they hold). Producers write all of the required ones;
 # consumers may rely on them being present.
