@@ -53,6 +53,10 @@ CLIP_COLUMNS = [
     "fps",
     "width",
     "height",
+    "boundary_start",
+    "boundary_end",
+    "trim_start",
+    "trim_end",
     "motion_mean",
     "motion_peak",
     "frame_diff_mean",
@@ -351,6 +355,10 @@ def tables(records: list[dict], clips: list[dict]) -> tuple[pa.Table, pa.Table]:
         "height": pa.int64(),
         "motion_mean": f64,
         "motion_peak": f64,
+        "boundary_start": pa.string(),  # source | cut | transition | split
+        "boundary_end": pa.string(),
+        "trim_start": pa.int64(),  # frames trimmed at that boundary (a transition's frames included)
+        "trim_end": pa.int64(),
         "frame_diff_mean": f64,
         "flow_mean": f64,
         "shift_mean": f64,
