@@ -317,7 +317,7 @@ def _dense(values: dict, n: int, fill: float) -> np.ndarray:
 
 def _frame_times(times: list, fps: float) -> np.ndarray:
     """(N + 1,) seconds from the first frame: each frame's start, then the last frame's end (its
-    duration taken as the median frame interval). Frames without a usable pts are placed one
+    duration taken as the interval before it). Frames without a usable pts are placed one
     nominal interval after the previous frame."""
     t = np.asarray(times, np.float64)
     if t.size == 0:
@@ -327,7 +327,7 @@ def _frame_times(times: list, fps: float) -> np.ndarray:
     for i in np.flatnonzero(bad):
         t[i] = t[i - 1] + 1.0 / fps if i else 0.0
     t -= t[0]
-    step = float(np.median(np.diff(t))) if t.size > 1 else 1.0 / fps
+    step = float(t[-1] - t[-2]) if t.size > 1 else 1.0 / fps
     return np.append(t, t[-1] + step)
 
 

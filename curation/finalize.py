@@ -53,6 +53,8 @@ CLIP_COLUMNS = [
     "fps",
     "width",
     "height",
+    "timing",
+    "variable_fps",
     "boundary_start",
     "boundary_end",
     "trim_start",
@@ -252,6 +254,12 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
             "split": c["split"],
             "pipeline_version": PIPELINE_VERSION,
             "source_fps": rec["probe"]["fps"],
+            # source: every frame at its true time (variable-rate when variable_fps); cfr: resampled
+            "timing": {
+                "mode": c.get("timing"),
+                "variable_fps": c.get("variable_fps"),
+                "duration": c["duration"],
+            },
             "motion": {
                 k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
             },
@@ -355,6 +363,8 @@ def tables(records: list[dict], clips: list[dict]) -> tuple[pa.Table, pa.Table]:
         "height": pa.int64(),
         "motion_mean": f64,
         "motion_peak": f64,
+        "timing": pa.string(),  # source (true frame times) | cfr (resampled to extract.fps)
+        "variable_fps": pa.bool_(),
         "boundary_start": pa.string(),  # source | cut | transition | split
         "boundary_end": pa.string(),
         "trim_start": pa.int64(),  # frames trimmed at that boundary (a transition's frames included)

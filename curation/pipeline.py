@@ -172,6 +172,8 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             "end_seconds": float(a.times[c.end]),
             "num_frames": c.end - c.start,
             "duration": float(a.times[c.end] - a.times[c.start]),
+            "timing": "",  # set at extraction: source | cfr (curation/clips.py)
+            "variable_fps": None,
             "boundary_start": c.boundary_start,
             "boundary_end": c.boundary_end,
             "trim_start": c.trim_start,
@@ -213,6 +215,7 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             cfg=cfg.extract,
             threads=cfg.analysis.threads,
             frame_pts=a.frame_pts,
+            frame_times=a.times,
         )
     }
     for row in rows:
@@ -229,7 +232,9 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             fps=r.fps,
             width=r.width,
             height=r.height,
-            duration=r.num_frames / r.fps,
+            duration=r.duration,
+            timing=r.timing,
+            variable_fps=r.variable_fps,
         )
         # K frames for the captioner and the perceptual hash, stored as one JPEG strip
         frames = [

@@ -40,9 +40,9 @@ REQUIRED_META = {
     "source_sha256": "content hash of the source file",
     "start_frame": "first source frame of the clip (inclusive)",
     "end_frame": "last source frame of the clip (exclusive)",
-    "start_seconds": "start_frame / source fps",
-    "end_seconds": "end_frame / source fps",
-    "fps": "frame rate of the clip's mp4 (float)",
+    "start_seconds": "presentation time of start_frame in the source (seconds from its first frame)",
+    "end_seconds": "presentation time at which the clip ends in the source",
+    "fps": "frame rate of the clip's mp4 (float; frames / duration when timing.variable_fps)",
     "num_frames": "exact number of frames in the clip's mp4",
     "width": "width of the clip's mp4 in pixels",
     "height": "height of the clip's mp4 in pixels",
@@ -55,6 +55,7 @@ OPTIONAL_META = {
     "caption": "the chosen caption (same as key.txt)",
     "caption_origin": "'source' | 'coca' | 'retrieval'",
     "caption_candidates": "list of {text, origin, score}",
+    "timing": "{mode: 'source' (true frame times) | 'cfr' (resampled to extract.fps), variable_fps, duration}",
     "label": "integer class label, when the dataset has one",
 }
 
