@@ -35,6 +35,7 @@ from scenedetect.common import FrameTimecode, Timecode
 from curation.config import AnalysisConfig
 
 LINEAR_K = 3  # linearity triples are (c - LINEAR_K, c, c + LINEAR_K): see curation/scenes.py
+MIN_RESPONSE = 0.3  # phase-correlation peaks weaker than this give no per-frame shift (NaN)
 TINY_SIDE = 16  # short side of the per-frame thumbnails kept for transition checks
 
 DETECTORS = {
@@ -162,8 +163,8 @@ class Analysis:
     lin_diff: np.ndarray = None  # (N,) mean |g_c+k - g_c-k|, k = scenes.LINEAR_K
     tiny: np.ndarray = None  # (N, h, w) uint8 grayscale thumbnails, short side TINY_SIDE
     times: np.ndarray = None  # (N + 1,) float64 seconds: each frame's start from the first, then the end
-    shift_dx: np.ndarray = None  # (M,) float32 signed global shift per flow sample, diagonals per second
-    shift_dy: np.ndarray = None
+    shift_dx: np.ndarray = None  # (N,) float32 signed global shift from frame i-1 to i, diagonals/s
+    shift_dy: np.ndarray = None  # (NaN for frame 0 and where phase correlation found no clear peak)
     kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
     frame_pts: list = field(default_factory=list)  # raw pts of every frame index (None if absent)
     corrupt_packets: int = 0
@@ -199,7 +200,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     next_keep = 0.0
     stats = DecodeStats()
     diffs, luma, flow_index, flow_mag, shift_mag, kept, frame_pts = [], [], [], [], [], {}, []
-    shift_dx, shift_dy, times, tiny, recent = [], [], [], [], []
+    shift_dx, shift_dy, times, tiny, recent = {}, {}, [], [], []
     lin_ratio, lin_diff = {}, {}  # centre frame index -> linearity of its triple
     cuts, pts_to_index = [], {}
     prev_gray = None
@@ -244,21 +245,29 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         luma.append(cv2.mean(gray)[0])
         diffs.append(0.0 if prev_gray is None else cv2.norm(gray, prev_gray, cv2.NORM_L1) / gray.size)
         tiny.append(cv2.resize(gray, tiny_wh, interpolation=cv2.INTER_AREA))
-        if (lin := _linearity(recent, gray)) is not None:
+        gray_f = gray.astype(np.float32)
+        if (lin := _linearity(recent, gray_f)) is not None:
             lin_ratio[d.index - LINEAR_K], lin_diff[d.index - LINEAR_K] = lin
-        if prev_gray is not None and flow_every and d.index % flow_every == 0:
-            flow = cv2.calcOpticalFlowFarneback(prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (h, w, 2)
-            mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
-            flow_index.append(d.index)
+        if prev_gray is not None:
             # per second from the true time between the two frames (variable frame rates)
             rate = 1.0 / dt if (dt := times[-1] - times[-2]) > 0 else fps
-            flow_mag.append(mag / diag * rate)  # frame diagonals per second: resolution-independent
-            # Farneback underestimates large or low-texture displacements (camera shake, smooth
-            # pans); the global translation from phase correlation catches those, cheaply.
-            (dx, dy), _ = cv2.phaseCorrelate(prev_gray.astype(np.float32), gray.astype(np.float32), window)
-            shift_mag.append(math.hypot(dx, dy) / diag * rate)
-            shift_dx.append(dx / diag * rate)
-            shift_dy.append(dy / diag * rate)
+            # the global translation by phase correlation, on every pair (~0.1 ms): its direction
+            # reversals are camera shake (curation/motion.py); Farneback underestimates large or
+            # low-texture displacements (shake, smooth pans), which this catches, cheaply
+            prev_f = (
+                recent[-2] if len(recent) > 1 and recent[-2] is not None else prev_gray.astype(np.float32)
+            )
+            (dx, dy), response = cv2.phaseCorrelate(prev_f, gray_f, window)
+            if response >= MIN_RESPONSE:  # else no clear peak (a cut, a periodic texture): unknown
+                shift_dx[d.index], shift_dy[d.index] = dx / diag * rate, dy / diag * rate
+            if flow_every and d.index % flow_every == 0:
+                flow = cv2.calcOpticalFlowFarneback(
+                    prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0
+                )  # (h, w, 2)
+                mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
+                flow_index.append(d.index)
+                flow_mag.append(mag / diag * rate)  # frame diagonals per second: resolution-independent
+                shift_mag.append(math.hypot(dx, dy) / diag * rate)
         if keep_every and d.index >= next_keep - 1e-6:
             next_keep += keep_every
             rgb = scale_frame(keeper, d.frame, keep_wh, cv2.COLOR_YUV2RGB_I420)  # (h, w, 3)
@@ -278,8 +287,8 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         flow_index=np.asarray(flow_index, np.int64),
         flow_mag=np.asarray(flow_mag, np.float32),
         shift_mag=np.asarray(shift_mag, np.float32),
-        shift_dx=np.asarray(shift_dx, np.float32),
-        shift_dy=np.asarray(shift_dy, np.float32),
+        shift_dx=_dense(shift_dx, n, math.nan),
+        shift_dy=_dense(shift_dy, n, math.nan),
         lin_ratio=_dense(lin_ratio, n, math.nan),
         lin_diff=_dense(lin_diff, n, 0.0),
         tiny=np.stack(tiny) if tiny else np.zeros((0, 2, 2), np.uint8),
@@ -292,10 +301,10 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
 
 
 def _linearity(recent: list, gray: np.ndarray | None) -> tuple[float, float] | None:
-    """Push `gray` (None: a skipped frame) into `recent`, the last 2k + 1 frames, and return
+    """Push `gray` (float32; None: a skipped frame) into `recent`, the last 2k + 1 frames, and return
     (ratio, diff) of the triple centred k frames back (see Analysis.lin_ratio), once there is one."""
     k = LINEAR_K
-    recent.append(None if gray is None else gray.astype(np.float32))
+    recent.append(gray)
     if len(recent) > 2 * k + 1:
         del recent[0]
     if len(recent) < 2 * k + 1:

@@ -111,7 +111,12 @@ class MotionConfig:
         0.01, "reject as static when mean motion is below this (frame diagonals per second)"
     )
     fast_mean: float = _f(0.8, "reject as too fast when mean motion exceeds this (diagonals per second)")
-    shaky_peak: float = _f(2.5, "reject as shaky when peak motion exceeds this (diagonals per second)")
+    shaky_reversals: float = _f(
+        4.0,
+        "reject as shaky when the camera's global shift reverses direction at least this often per "
+        "second (oscillation; a pan, however fast, has none)...",
+    )
+    shaky_amplitude: float = _f(0.1, "...with reversing shifts at least this fast (diagonals per second)")
 
 
 @dataclass

@@ -64,6 +64,8 @@ CLIP_COLUMNS = [
     "frame_diff_mean",
     "flow_mean",
     "shift_mean",
+    "shake_rate",
+    "shake_amplitude",
     "kept",
     "stage",
     "reason",
@@ -261,7 +263,9 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
                 "duration": c["duration"],
             },
             "motion": {
-                k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                k: c[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
             },
             "clip_score": c["clip_score"],
             "caption": c["caption"],
@@ -372,6 +376,8 @@ def tables(records: list[dict], clips: list[dict]) -> tuple[pa.Table, pa.Table]:
         "frame_diff_mean": f64,
         "flow_mean": f64,
         "shift_mean": f64,
+        "shake_rate": f64,  # direction reversals of the camera's global shift per second
+        "shake_amplitude": f64,
         "kept": pa.bool_(),
         "stage": pa.string(),
         "reason": pa.string(),

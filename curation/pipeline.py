@@ -181,7 +181,11 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             "fps": fps,
             "width": info.width,
             "height": info.height,
-            **{k: s[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")},
+            **{
+                k: s[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
+            },
             "kept": False,
             "stage": "",
             "reason": "",
