@@ -67,14 +67,14 @@ def test_frames_go_through_open_clips_own_transform(tiny, tmp_path, pre):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": pre}))
     shutil.copy(tiny["pretrained"], folder / "open_clip_pytorch_model.bin")
     captioner = Captioner(CaptionConfig(model=f"local-dir:{folder}", pretrained=""))
-    for key, value in pre.items():
-        assert getattr(captioner.preprocess_cfg, key) == value
     frames = _clip(2)
     want = image_transform_v2(PreprocessCfg(size=32, **pre), is_train=False)
     expected = torch.stack([want(Image.fromarray(f)) for f in frames])
     got = captioner._preprocess(frames)
     assert got.shape == (4, 3, 32, 32)
     torch.testing.assert_close(got, expected)
+    for key, value in pre.items():
+        assert getattr(captioner.preprocess_cfg, key) == value
     if pre["resize_mode"] != "shortest":  # the edges a centre crop would have cut away are seen
         mid = got[:, :, 14:18]  # rows inside the picture (longest pads above and below)
         assert mid[..., 0].mean() > 1.0 and mid[..., -1].mean() < -1.0
