@@ -5,7 +5,8 @@ A shard is a plain WebDataset tar: every member of one sample shares a key (no d
 and the extension names the field. Any webdataset user reads it with
 `webdataset.WebDataset(url)` and no project code:
 
-    key.mp4      H.264 yuv420p, constant fps, exactly the clip's frames
+    key.mp4      H.264 yuv420p, exactly the clip's frames; constant fps, except a variable-rate
+                 source's clip kept at its true frame times (json timing.variable_fps)
     key.txt      the chosen caption (utf-8)
     key.json     ClipMeta below, as a JSON object
     key.emb.npy  CLIP image embedding, float16, shape (D,) (only when captioning ran)
