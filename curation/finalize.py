@@ -53,11 +53,19 @@ CLIP_COLUMNS = [
     "fps",
     "width",
     "height",
+    "timing",
+    "variable_fps",
+    "boundary_start",
+    "boundary_end",
+    "trim_start",
+    "trim_end",
     "motion_mean",
     "motion_peak",
     "frame_diff_mean",
     "flow_mean",
     "shift_mean",
+    "shake_rate",
+    "shake_amplitude",
     "kept",
     "stage",
     "reason",
@@ -248,8 +256,16 @@ def finalize(records: list[dict], cfg: CurateConfig, out: Path, run: dict) -> di
             "split": c["split"],
             "pipeline_version": PIPELINE_VERSION,
             "source_fps": rec["probe"]["fps"],
+            # source: every frame at its true time (variable-rate when variable_fps); cfr: resampled
+            "timing": {
+                "mode": c.get("timing"),
+                "variable_fps": c.get("variable_fps"),
+                "duration": c["duration"],
+            },
             "motion": {
-                k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                k: c[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
             },
             "clip_score": c["clip_score"],
             "caption": c["caption"],
@@ -351,9 +367,17 @@ def tables(records: list[dict], clips: list[dict]) -> tuple[pa.Table, pa.Table]:
         "height": pa.int64(),
         "motion_mean": f64,
         "motion_peak": f64,
+        "timing": pa.string(),  # source (true frame times) | cfr (resampled to extract.fps)
+        "variable_fps": pa.bool_(),
+        "boundary_start": pa.string(),  # source | cut | transition | split
+        "boundary_end": pa.string(),
+        "trim_start": pa.int64(),  # frames trimmed at that boundary (a transition's frames included)
+        "trim_end": pa.int64(),
         "frame_diff_mean": f64,
         "flow_mean": f64,
         "shift_mean": f64,
+        "shake_rate": f64,  # direction reversals of the camera's global shift per second
+        "shake_amplitude": f64,
         "kept": pa.bool_(),
         "stage": pa.string(),
         "reason": pa.string(),

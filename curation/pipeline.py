@@ -131,7 +131,7 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
     from curation.analysis import analyze, encode_jpeg
     from curation.clips import ClipSpec, extract
     from curation.probe import Unreadable, check, probe
-    from curation.scenes import candidates
+    from curation.scenes import candidates, find_transitions
 
     if src.error:
         raise Unreadable(src.error)
@@ -150,7 +150,9 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
     if a.corrupt_packets:
         rec["reason"] = f"{a.corrupt_packets} corrupt packet(s) skipped while decoding"
     fps = info.fps
-    cands = candidates(src.source_id, a.cuts, a.num_frames, a.diffs, a.luma, fps, cfg.clips)
+    transitions = find_transitions(a.lin_ratio, a.lin_diff, a.tiny, a.luma, a.cuts, fps, cfg.clips)
+    rec["transitions"] = [list(t) for t in transitions]
+    cands = candidates(src.source_id, a.cuts, transitions, a.luma, a.times, cfg.clips)
     rec["num_scenes"] = len(a.cuts) + 1
     spans = source_caption_spans(src.path, src.caption)
     (wd / "clips").mkdir(parents=True, exist_ok=True)
@@ -166,14 +168,24 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             "clip_index": c.clip_index,
             "start_frame": c.start,
             "end_frame": c.end,
-            "start_seconds": c.start / fps,
-            "end_seconds": c.end / fps,
+            "start_seconds": float(a.times[c.start]),  # true timestamps (variable frame rates)
+            "end_seconds": float(a.times[c.end]),
             "num_frames": c.end - c.start,
-            "duration": (c.end - c.start) / fps,
+            "duration": float(a.times[c.end] - a.times[c.start]),
+            "timing": "",  # set at extraction: source | cfr (curation/clips.py)
+            "variable_fps": None,
+            "boundary_start": c.boundary_start,
+            "boundary_end": c.boundary_end,
+            "trim_start": c.trim_start,
+            "trim_end": c.trim_end,
             "fps": fps,
             "width": info.width,
             "height": info.height,
-            **{k: s[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")},
+            **{
+                k: s[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
+            },
             "kept": False,
             "stage": "",
             "reason": "",
@@ -207,6 +219,7 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             cfg=cfg.extract,
             threads=cfg.analysis.threads,
             frame_pts=a.frame_pts,
+            frame_times=a.times,
         )
     }
     for row in rows:
@@ -223,7 +236,9 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             fps=r.fps,
             width=r.width,
             height=r.height,
-            duration=r.num_frames / r.fps,
+            duration=r.duration,
+            timing=r.timing,
+            variable_fps=r.variable_fps,
         )
         # K frames for the captioner and the perceptual hash, stored as one JPEG strip
         frames = [

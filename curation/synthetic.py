@@ -260,6 +260,30 @@ def encode_video(path: Path, frames, fps: Fraction, width: int, height: int, *, 
         container.mux(stream.encode())
 
 
+def camera_path_video(path, offsets, *, fps: Fraction = Fraction(25), size: tuple[int, int] = (160, 96),
+                      seed: int = 0) -> None:
+    """One shot of a camera moving over a still textured scene along `offsets`: (n, 2) float
+    (dx, dy) in pixels, frame i shows the scene shifted by offsets[i] (sub-pixel, bilinear). The
+    known camera path makes test footage for motion scores: smooth pans, shake, jerks."""
+    import cv2
+
+    offsets = np.asarray(offsets, np.float64)
+    w, h = size
+    pad = int(np.ceil(np.abs(offsets).max())) + 4
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, ((h + 2 * pad) // 8 + 2, (w + 2 * pad) // 8 + 2, 3)).astype(np.float32)
+    fine = rng.uniform(-40, 40, (h + 2 * pad, w + 2 * pad, 1)).astype(np.float32)
+    scene = cv2.resize(coarse, (w + 2 * pad, h + 2 * pad), interpolation=cv2.INTER_CUBIC) + fine
+    scene = cv2.GaussianBlur(np.clip(scene, 0, 255), (0, 0), 1.0)  # texture at every scale
+
+    def frames():
+        for dx, dy in offsets:
+            m = np.float32([[1, 0, -(pad + dx)], [0, 1, -(pad + dy)]])
+            yield np.clip(cv2.warpAffine(scene, m, (w, h), flags=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+
+    encode_video(Path(path), frames(), fps, w, h)
+
+
 def _fps_label(fps: Fraction) -> str:
     return f"{float(fps):.2f}".rstrip("0").rstrip(".").replace(".", "p")
 
