@@ -141,14 +141,20 @@ def seal(out: Path, rec: dict) -> dict:
 # ----------------------------------------------------------------------------- stage 1: per source
 
 
+def limit_threads() -> None:
+    """One source per worker process: OpenCV gets one thread (no oversubscription). Decoder and
+    encoder threads come from analysis.threads and extract.threads. bench/curation.py calls this too."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def process_source(task: dict) -> dict:
     """Analyse (or take over a valid analysis), filter and extract one source; seal its record.
 
     Never raises: any failure becomes the record's status and reason.
     """
-    import cv2
-
-    cv2.setNumThreads(1)  # one source per worker process: no thread oversubscription (as bench/curation.py)
+    limit_threads()
     t0 = time.time()
     cfg: CurateConfig = task["cfg"]
     out = Path(task["out"])
