@@ -439,7 +439,7 @@ def process_all(cfg: CurateConfig, out: Path, todo: list, hashes: dict, done: di
     bar = tqdm(total=len(todo), desc="sources", unit="src", disable=not cfg.progress)
     if done:
         bar.write(f"resuming: {len(done)} source(s) already done, {len(todo)} to go")
-    for rec in run_tasks(process_source, _sized(tasks, len(todo)), on_crash):
+    for rec in run_tasks(process_source, _Sized(tasks, len(todo)), on_crash):
         done[rec["source_id"]] = rec
         counts[rec["status"]] += 1
         if rec["status"] != "ok":
@@ -449,7 +449,7 @@ def process_all(cfg: CurateConfig, out: Path, todo: list, hashes: dict, done: di
     bar.close()
 
 
-class _sized:
+class _Sized:
     """A lazy iterable that knows its length (executors size their pool by it)."""
 
     def __init__(self, it, n: int):
