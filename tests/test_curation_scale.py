@@ -18,7 +18,7 @@ import pytest
 from test_curation_pipeline import ARGS, curate, rows, snapshot  # tests/ is on sys.path
 
 from curation import pipeline
-from curation.config import analysis_hash, config_hash, load_config, source_hash
+from curation.config import load_config
 
 
 def _run_info(out: Path) -> dict:
@@ -44,20 +44,21 @@ def three(synthetic_dir, tmp_path):
     return raw
 
 
+@pytest.mark.slow  # ~25 s: it waits out the time limit (tests/test_executors.py covers the scheduler fast)
 def test_a_hanging_source_is_stopped_at_the_time_limit_and_retried_only_when_asked(
     three, tmp_path, monkeypatch
 ):
     out = tmp_path / "out"
     monkeypatch.setattr(pipeline, "process_source", _process_or_hang)
     t0 = time.monotonic()
-    rep = curate(three, out, "workers=2", "source_timeout_s=20")
+    rep = curate(three, out, "workers=2", "source_timeout_s=10")
     assert time.monotonic() - t0 < 300
     by_name = {Path(r["path"]).name: r for r in rows(out, "sources")}
     assert by_name["hang.mp4"]["status"] == "error" and by_name["hang.mp4"]["reason"].startswith("timeout")
     assert by_name["a.mp4"]["status"] == by_name["b.mp4"]["status"] == "ok"
     assert [f[0] for f in rep["failures"]] == [str(three / "hang.mp4")]
     # a rerun keeps the sealed error; retry_errors=true processes that source again
-    again = curate(three, out, "workers=2", "source_timeout_s=20")
+    again = curate(three, out, "workers=2", "source_timeout_s=10")
     assert _run_info(out)["sources_processed"] == 0 and len(again["failures"]) == 1
     monkeypatch.undo()
     fixed = curate(three, out, "workers=1", "retry_errors=true")
@@ -95,6 +96,8 @@ def test_hashing_runs_in_the_workers_and_unchanged_files_are_not_read_again(
 
 
 def test_speed_only_settings_leave_the_hashes_alone(synthetic_dir, tmp_path):
+    from curation.config import analysis_hash, config_hash, source_hash
+
     base = load_config(None, ["raw=r", "out=o"])
     speed = load_config(
         None,
