@@ -139,10 +139,18 @@ def _serial(fn, tasks):
     return (fn(t) for t in tasks)
 
 
-def _chunks(paths: list[str], n: int) -> list[list[str]]:
-    """About `n` chunks of consecutive paths (per-task overhead stays small for tiny files)."""
-    size = max(1, -(-len(paths) // max(1, n)))
-    return [paths[i : i + size] for i in range(0, len(paths), size)]
+def _chunks(paths: list[str], sizes: list[int], n: int, max_bytes: int = 4 << 30) -> list[list[str]]:
+    """About `n` chunks of consecutive paths (per-task overhead stays small for tiny files), none
+    over `max_bytes` unless one file is (a chunk must hash well within source_timeout_s)."""
+    per = max(1, -(-len(paths) // max(1, n)))
+    chunks, cur, cur_bytes = [], [], 0
+    for path, size in zip(paths, sizes):
+        if cur and (len(cur) >= per or cur_bytes + size > max_bytes):
+            chunks.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(path)
+        cur_bytes += size
+    return chunks + ([cur] if cur else [])
 
 
 def hash_files(paths: list[str], *, run_tasks=None, chunks: int = 1, cache: Path | None = None) -> dict:
@@ -157,7 +165,7 @@ def hash_files(paths: list[str], *, run_tasks=None, chunks: int = 1, cache: Path
             known = json.loads(cache.read_text())
         except (OSError, ValueError):
             known = {}
-    result, todo = {}, []
+    result, todo, sizes = {}, [], []
     for path in paths:
         hit = known.get(path)
         try:
@@ -169,7 +177,8 @@ def hash_files(paths: list[str], *, run_tasks=None, chunks: int = 1, cache: Path
             result[path] = (hit[2], "")
         else:
             todo.append(path)
-    for rows in (run_tasks or _serial)(hash_chunk, _chunks(todo, chunks)):
+            sizes.append(st.st_size)
+    for rows in (run_tasks or _serial)(hash_chunk, _chunks(todo, sizes, chunks)):
         for path, size, mtime_ns, sha, err in rows:
             result[path] = (sha, err)
             if not err:

@@ -289,64 +289,69 @@ def filter_and_extract(
     that pass; clips that `reuse` (a record made with the same encoder settings) kept are not
     encoded again. Sets rec["clips"]."""
     from curation import motion
-    from curation.clips import ClipSpec, extract
-    from curation.probe import ProbeInfo
+    from curation.clips import ClipSpec
 
     (wd / "clips").mkdir(parents=True, exist_ok=True)
     before = {c["key"]: c for c in (reuse or {}).get("clips", []) if c["kept"]}
     rows, specs = [], []
     for cand in rec["candidates"]:
         row = dict(cand)
+        mp4 = wd / "clips" / f"{row['key']}.mp4"
         if row["stage"] == "scene":
             pass
         elif reason := motion.reject_reason(row, cfg.motion):
             row["stage"], row["reason"] = "motion", reason
-        elif row["key"] in before and (wd / "clips" / f"{row['key']}.mp4").exists():
+        elif row["key"] in before and mp4.exists():
             row.update({k: before[row["key"]][k] for k in EXTRACTED_FIELDS}, kept=True, stage="kept")
         else:
-            specs.append(
-                ClipSpec(
-                    row["key"], row["start_frame"], row["end_frame"], str(wd / "clips" / f"{row['key']}.mp4")
-                )
-            )
+            specs.append(ClipSpec(row["key"], row["start_frame"], row["end_frame"], str(mp4)))
         rows.append(row)
     if specs:
-        info = ProbeInfo(**rec["probe"])
-        if frame_pts is None:
-            frame_pts = json.loads((wd / "frame_pts.json").read_text())
-        results = {
-            r.key: r
-            for r in extract(
-                src.path,
-                specs,
-                source_rate=info.rate,
-                rotation=info.rotation,
-                cfg=cfg.extract,
-                threads=cfg.analysis.threads,
-                frame_pts=frame_pts,
-            )
-        }
-        for row in rows:
-            r = results.get(row["key"])
-            if r is None:
-                continue
-            if r.error:
-                row["stage"], row["reason"] = "extract", r.error
-                continue
-            row.update(
-                kept=True,
-                stage="kept",
-                num_frames=r.num_frames,
-                fps=r.fps,
-                width=r.width,
-                height=r.height,
-                duration=r.num_frames / r.fps,
-            )
+        extract_clips(src, cfg, wd, rec["probe"], specs, rows, frame_pts)
     kept = {row["key"] for row in rows if row["kept"]}
     for mp4 in (wd / "clips").glob("*.mp4"):  # clips a tightened threshold no longer keeps
         if mp4.stem not in kept:
             mp4.unlink()
     rec["clips"] = rows
+
+
+def extract_clips(
+    src: Source, cfg: CurateConfig, wd: Path, probe: dict, specs: list, rows: list, frame_pts: list | None
+) -> None:
+    """Encode `specs` from the source in one forward decode; mark their rows kept (with the mp4's
+    frame count, rate and size) or dropped at stage `extract`."""
+    from curation.clips import extract
+    from curation.probe import ProbeInfo
+
+    info = ProbeInfo(**probe)
+    if frame_pts is None:  # a refilter: the analysis pass's frame pts were stored next to the record
+        frame_pts = json.loads((wd / "frame_pts.json").read_text())
+    results = extract(
+        src.path,
+        specs,
+        source_rate=info.rate,
+        rotation=info.rotation,
+        cfg=cfg.extract,
+        threads=cfg.analysis.threads,
+        frame_pts=frame_pts,
+    )
+    by_key = {r.key: r for r in results}
+    for row in rows:
+        r = by_key.get(row["key"])
+        if r is None:
+            continue
+        if r.error:
+            row["stage"], row["reason"] = "extract", r.error
+            continue
+        row.update(
+            kept=True,
+            stage="kept",
+            num_frames=r.num_frames,
+            fps=r.fps,
+            width=r.width,
+            height=r.height,
+            duration=r.num_frames / r.fps,
+        )
 
 
 # ----------------------------------------------------------------------------- the run
