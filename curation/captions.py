@@ -31,7 +31,6 @@ import os
 import re
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 import yaml
 
+from curation.config import CaptionConfig  # the schema lives with the others (no torch there)
+
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 # open_clip initialises logit_scale to log(1 / 0.07) (CLIP) or log(10) (SigLIP); training moves it
 # (to log(100) for CLIP), so a checkpoint still holding an initial value was never trained.
@@ -47,43 +48,6 @@ _INIT_LOGIT_SCALES = (math.log(1 / 0.07), math.log(10.0))
 _SLOTS = ("subject", "action", "scene", "camera")
 _TEXT_CACHE_SIZE = 50_000  # text embeddings kept per Captioner (about 100 MB at D = 512)
 _VOCAB_LISTS = {"subject": "subjects", "action": "actions", "scene": "scenes", "camera": "camera"}
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})  # `python -m curation --help` prints it
-
-
-@dataclass
-class CaptionConfig:
-    """CLIP recaptioning options (``caption.*`` on the curation command line)."""
-
-    enabled: bool = _f(True, "CLIP captions and embeddings; false = keep source captions, phash dedup")
-    model: str = _f(
-        "ViT-B-32",
-        "open_clip architecture name, or path/to/model_config.json, or hf-hub:org/repo, or local-dir:/path",
-    )
-    pretrained: str = _f(
-        "laion2b_s34b_b79k",
-        "open_clip pretrained tag of `model` (downloaded into the usual cache when online) or a local checkpoint file",
-    )
-    frames_per_clip: int = _f(4, "frames per clip embedded (evenly spaced; mean of their embeddings)")
-    batch_size: int = _f(64, "images per forward pass of the image tower (and texts per text pass)")
-    device: str = _f("auto", "auto (cuda when available, else cpu) or a torch device string")
-    vocabulary: str | None = _f(None, "retrieval vocabulary yaml (null = curation/vocabulary.yaml)")
-    retrieval_top_k: int = _f(2, "phrases kept per vocabulary list (subjects, actions, scenes) per clip")
-    coca: bool = _f(True, "add a generated caption when `model` is a CoCa model (needs transformers<5)")
-    coca_seq_len: int = _f(30, "most tokens of a generated CoCa caption")
-    static_below: float = _f(
-        0.03, "motion_mean below this adds the 'static' motion phrase (frame diagonals per second)"
-    )
-    fast_above: float = _f(0.3, "motion_mean above this adds the 'fast' motion phrase (diagonals per second)")
-    prefer_source_margin: float = _f(
-        0.0,
-        "keep the source's own caption unless another candidate's CLIP score beats it by more than this "
-        "(cosine; retrieval sentences are built from the clip's own embedding and so score high; 0 = the "
-        "best score wins, ties to the source)",
-    )
-    cache_dir: str | None = _f(None, "download cache of open_clip / Hugging Face (null = their default)")
 
 
 class CaptionWeightsError(RuntimeError):

@@ -160,11 +160,13 @@ def test_rerun_skips_finished_sources_and_changes_nothing(eight, tmp_path):
 
 
 def test_changed_config_is_detected_not_mixed(synthetic_dir, tmp_path):
+    """An analysis setting (it needs a decode pass again) stops the rerun unless redo is asked for.
+    (Motion thresholds refilter instead: tests/test_curation_scale.py.)"""
     curate(synthetic_dir, tmp_path)
     with pytest.raises(ConfigChanged, match="different config"):
-        curate(synthetic_dir, tmp_path, "motion.fast_mean=0.5")
-    assert main([f"raw={synthetic_dir}", f"out={tmp_path}", *ARGS, "motion.fast_mean=0.5"]) == 2
-    redo = curate(synthetic_dir, tmp_path, "motion.fast_mean=0.5", "on_config_change=redo")
+        curate(synthetic_dir, tmp_path, "analysis.flow_fps=3")
+    assert main([f"raw={synthetic_dir}", f"out={tmp_path}", *ARGS, "analysis.flow_fps=3"]) == 2
+    redo = curate(synthetic_dir, tmp_path, "analysis.flow_fps=3", "on_config_change=redo")
     assert redo["num_ok"] == 4
     assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_processed"] == 4
 
