@@ -355,10 +355,12 @@ def run_ray(
     local Ray instance; `workers` actors (0 = one per CPU Ray reports). Every node must see the
     task's paths at the same place (a shared filesystem): actors read sources and write OUT."""
     ray = _import_ray()
+    if hasattr(tasks, "__len__") and len(tasks) == 0:
+        return
     with session("ray", address=address, num_cpus=num_cpus):
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         if hasattr(tasks, "__len__"):
-            n = min(n, max(1, len(tasks)))
+            n = min(n, len(tasks))
         pool = _Actors(ray, fn, n)
         try:
             yield from _schedule(pool, tasks, timeout_s=timeout_s, retries=retries, on_error=on_crash)
