@@ -43,7 +43,12 @@ class AnalysisConfig:
         "PySceneDetect detectors run on every frame: any of content, adaptive, hash, histogram, "
         "threshold (fades to black); their cuts are united",
     )
-    content: dict = _f({}, "ContentDetector kwargs, e.g. {threshold: 27, min_scene_len: 15}")
+    content: dict = _f(
+        {},
+        "ContentDetector kwargs, e.g. {threshold: 27, min_scene_len: 15}; scenedetect's threshold 27 is "
+        "kept: it finds real hard cuts exactly, while 18 and below add false cuts inside real moving shots "
+        "(tests/test_real_footage.py corpus); dissolves and fades are found by clips.transition_*, not by it",
+    )
     adaptive: dict = _f({}, "AdaptiveDetector kwargs, e.g. {adaptive_threshold: 3.0, window_width: 2}")
     hash: dict = _f({}, "HashDetector kwargs, e.g. {threshold: 0.395, size: 16}")
     histogram: dict = _f({}, "HistogramDetector kwargs, e.g. {threshold: 0.05, bins: 256}")
@@ -76,17 +81,28 @@ class AnalysisConfig:
 class ClipsConfig:
     min_seconds: float = _f(2.0, "drop scenes (and chunks) shorter than this")
     max_seconds: float = _f(10.0, "split scenes longer than this into equal chunks no longer than this")
-    cut_trim_frames: int = _f(1, "frames dropped at each side of a hard cut")
-    transition_factor: float = _f(
+    cut_trim_frames: int = _f(
+        0,
+        "frames dropped at each side of a hard cut (0: a detected cut is exact, and trimming is only "
+        "for gradual transitions, which are found from evidence, see curation/scenes.py)",
+    )
+    transition_linearity: float = _f(
+        0.25,
+        "gradual transitions: a frame is part of a fade or dissolve when it is the mean of the frames 3 "
+        "before and 3 after it, within this fraction of their difference (a cut or motion gives ~0.5)",
+    )
+    transition_min_change: float = _f(
+        6.0, "...and those two frames differ by more than this (mean |gray difference|, 0-255)"
+    )
+    transition_min_frames: int = _f(3, "...for at least this many frames in a row")
+    transition_contrast: float = _f(
         1.5,
-        "gradual transitions: walking away from a cut, a frame is trimmed while its frame "
-        "difference exceeds transition_factor * (the bordering scene's median) + transition_margin",
+        "...and the picture changes across the transition this many times more than over as many frames "
+        "just before or after it (smooth motion changes alike), unless frames inside it are black (fade)",
     )
-    transition_margin: float = _f(0.5, "see transition_factor (0-255 gray levels)")
-    transition_lookahead: int = _f(
-        2, "trimming goes on while any of the next this-many frames is still elevated"
+    max_transition_seconds: float = _f(
+        2.0, "longest gradual transition: a longer linear stretch is smooth motion, not a transition"
     )
-    max_transition_seconds: float = _f(1.0, "longest gradual transition trimmed at one cut")
     dark_level: float = _f(12.0, "frames whose mean luma is below this count as black (fades)")
     thumb_frames: int = _f(4, "frames in each clip's thumbnail strip (thumbs/<key>.jpg)")
     thumb_height: int = _f(64, "height of the thumbnail strip")
@@ -98,7 +114,12 @@ class MotionConfig:
         0.01, "reject as static when mean motion is below this (frame diagonals per second)"
     )
     fast_mean: float = _f(0.8, "reject as too fast when mean motion exceeds this (diagonals per second)")
-    shaky_peak: float = _f(2.5, "reject as shaky when peak motion exceeds this (diagonals per second)")
+    shaky_reversals: float = _f(
+        4.0,
+        "reject as shaky when the camera's global shift reverses direction at least this often per "
+        "second (oscillation; a pan, however fast, has none)...",
+    )
+    shaky_amplitude: float = _f(0.1, "...with reversing shifts at least this fast (diagonals per second)")
 
 
 @dataclass
@@ -143,6 +164,12 @@ class CaptionConfig:
         0.03, "motion_mean below this adds the 'static' motion phrase (frame diagonals per second)"
     )
     fast_above: float = _f(0.3, "motion_mean above this adds the 'fast' motion phrase (diagonals per second)")
+    prefer_source_margin: float = _f(
+        0.0,
+        "keep the source's own caption unless another candidate's CLIP score beats it by more than this "
+        "(cosine; retrieval sentences are built from the clip's own embedding and so score high; 0 = the "
+        "best score wins, ties to the source)",
+    )
     cache_dir: str | None = _f(None, "download cache of open_clip / Hugging Face (null = their default)")
 
 

@@ -115,6 +115,7 @@ def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "",
         "probe": None,
         "num_scenes": 0,
         "cuts": [],
+        "transitions": [],  # [start, end) frames of fades / dissolves / wipes (curation/scenes.py)
         "corrupt_packets": 0,
         "candidates": [],  # every candidate clip with its scores, before the motion filter
         "clips": [],  # the candidates after the motion filter and extraction: clips.parquet rows
@@ -125,10 +126,18 @@ def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "",
 
 
 # What a refilter takes over from a record whose analysis is still valid.
-ANALYSIS_FIELDS = ("probe", "num_scenes", "cuts", "corrupt_packets", "candidates", "reason")
+ANALYSIS_FIELDS = ("probe", "num_scenes", "cuts", "transitions", "corrupt_packets", "candidates", "reason")
 # What extraction sets on a kept clip row (from the encoded mp4).
-EXTRACTED_FIELDS = ("num_frames", "fps", "width", "height", "duration")
-SCORE_KEYS = ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+EXTRACTED_FIELDS = ("num_frames", "fps", "width", "height", "duration", "timing", "variable_fps")
+SCORE_KEYS = (
+    "motion_mean",
+    "motion_peak",
+    "frame_diff_mean",
+    "flow_mean",
+    "shift_mean",
+    "shake_rate",
+    "shake_amplitude",
+)
 
 
 def seal(out: Path, rec: dict) -> dict:
@@ -186,7 +195,7 @@ def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> l
     Fills rec's analysis fields; returns the pts of every frame (for extraction)."""
     from curation.analysis import analyze
     from curation.probe import Unreadable, check, probe
-    from curation.scenes import candidates
+    from curation.scenes import candidates, find_transitions
 
     if src.error:
         raise Unreadable(src.error)
@@ -204,14 +213,17 @@ def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> l
     rec["cuts"], rec["corrupt_packets"] = a.cuts, a.corrupt_packets
     if a.corrupt_packets:
         rec["reason"] = f"{a.corrupt_packets} corrupt packet(s) skipped while decoding"
-    cands = candidates(src.source_id, a.cuts, a.num_frames, a.diffs, a.luma, info.fps, cfg.clips)
+    transitions = find_transitions(a.lin_ratio, a.lin_diff, a.tiny, a.luma, a.cuts, info.fps, cfg.clips)
+    rec["transitions"] = [list(t) for t in transitions]
+    cands = candidates(src.source_id, a.cuts, transitions, a.luma, a.times, cfg.clips)
     rec["num_scenes"] = len(a.cuts) + 1
     spans = source_caption_spans(src.path, src.caption)
     (wd / "frames").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    write_atomic(wd / "frame_pts.json", json.dumps(a.frame_pts))  # a later refilter may extract
+    frames = {"pts": a.frame_pts, "times": a.times.tolist()}
+    write_atomic(wd / "frame_pts.json", json.dumps(frames))  # a later refilter may extract
     rec["candidates"] = [candidate_row(c, src, info, a, spans, cfg, out, wd) for c in cands]
-    return a.frame_pts
+    return frames
 
 
 def candidate_row(c, src: Source, info, a, spans: list, cfg: CurateConfig, out: Path, wd: Path) -> dict:
@@ -227,10 +239,16 @@ def candidate_row(c, src: Source, info, a, spans: list, cfg: CurateConfig, out: 
         "clip_index": c.clip_index,
         "start_frame": c.start,
         "end_frame": c.end,
-        "start_seconds": c.start / fps,
-        "end_seconds": c.end / fps,
+        "start_seconds": float(a.times[c.start]),  # true timestamps (variable frame rates)
+        "end_seconds": float(a.times[c.end]),
         "num_frames": c.end - c.start,
-        "duration": (c.end - c.start) / fps,
+        "duration": float(a.times[c.end] - a.times[c.start]),
+        "timing": "",  # set at extraction: source | cfr (curation/clips.py)
+        "variable_fps": None,
+        "boundary_start": c.boundary_start,
+        "boundary_end": c.boundary_end,
+        "trim_start": c.trim_start,
+        "trim_end": c.trim_end,
         "fps": fps,
         "width": info.width,
         "height": info.height,
@@ -283,7 +301,7 @@ def keep_caption_frames(a, row: dict, cfg: CurateConfig, wd: Path) -> None:
 
 
 def filter_and_extract(
-    src: Source, cfg: CurateConfig, wd: Path, rec: dict, frame_pts: list | None, reuse: dict | None
+    src: Source, cfg: CurateConfig, wd: Path, rec: dict, frame_pts: dict | None, reuse: dict | None
 ) -> None:
     """Motion filter over the candidates' stored scores, then frame-accurate extraction of the clips
     that pass; clips that `reuse` (a record made with the same encoder settings) kept are not
@@ -316,7 +334,7 @@ def filter_and_extract(
 
 
 def extract_clips(
-    src: Source, cfg: CurateConfig, wd: Path, probe: dict, specs: list, rows: list, frame_pts: list | None
+    src: Source, cfg: CurateConfig, wd: Path, probe: dict, specs: list, rows: list, frame_pts: dict | None
 ) -> None:
     """Encode `specs` from the source in one forward decode; mark their rows kept (with the mp4's
     frame count, rate and size) or dropped at stage `extract`."""
@@ -324,7 +342,9 @@ def extract_clips(
     from curation.probe import ProbeInfo
 
     info = ProbeInfo(**probe)
-    if frame_pts is None:  # a refilter: the analysis pass's frame pts were stored next to the record
+    if (
+        frame_pts is None
+    ):  # a refilter: the analysis pass's frame pts and times were stored next to the record
         frame_pts = json.loads((wd / "frame_pts.json").read_text())
     results = extract(
         src.path,
@@ -333,7 +353,8 @@ def extract_clips(
         rotation=info.rotation,
         cfg=cfg.extract,
         threads=cfg.analysis.threads,
-        frame_pts=frame_pts,
+        frame_pts=frame_pts["pts"],
+        frame_times=np.asarray(frame_pts["times"], np.float64),
     )
     by_key = {r.key: r for r in results}
     for row in rows:
@@ -350,7 +371,9 @@ def extract_clips(
             fps=r.fps,
             width=r.width,
             height=r.height,
-            duration=r.num_frames / r.fps,
+            duration=r.duration,
+            timing=r.timing,
+            variable_fps=r.variable_fps,
         )
 
 

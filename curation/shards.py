@@ -19,7 +19,18 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from curation.schema import EMB, JSON, MP4, SHARD_INDEX, SHARD_PATTERN, SPLITS, TXT, check_key, missing_meta
+from curation.schema import (
+    EMB,
+    INDEX_CLIP_FIELDS,
+    JSON,
+    MP4,
+    SHARD_INDEX,
+    SHARD_PATTERN,
+    SPLITS,
+    TXT,
+    check_key,
+    missing_meta,
+)
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -67,8 +78,11 @@ def write_shards(
                     sink.write(sample)
                     name = os.path.basename(sink.fname)
                     where[s["key"]] = name
-                    info = shards.setdefault(name, {"name": name, "count": 0, "seconds": 0.0})
+                    info = shards.setdefault(name, {"name": name, "count": 0, "seconds": 0.0,
+                                                    "clips": {f: [] for f in INDEX_CLIP_FIELDS}})  # fmt: skip
                     info["count"] += 1
+                    for f in INDEX_CLIP_FIELDS:  # what a loader needs to size an epoch, no tar read
+                        info["clips"][f].append(meta[f])
                     seconds = meta["num_frames"] / meta["fps"]
                     info["seconds"] += seconds
                     hist[f"{min(meta['width'], meta['height'])}p {duration_bucket(seconds)}"] += 1
@@ -125,8 +139,16 @@ def shard_samples(
             "split": c["split"],
             "pipeline_version": PIPELINE_VERSION,
             "source_fps": rec["probe"]["fps"],
+            # source: every frame at its true time (variable-rate when variable_fps); cfr: resampled
+            "timing": {
+                "mode": c.get("timing"),
+                "variable_fps": c.get("variable_fps"),
+                "duration": c["duration"],
+            },
             "motion": {
-                k: c[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                k: c[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
             },
             "clip_score": c["clip_score"],
             "caption": c["caption"],

@@ -115,7 +115,7 @@ def test_callback_logs_fvd_with_ema_weights_every_n_steps(tmp_path):
     trainer.fit(model, datamodule=Clips())
     # evaluated at steps 2 and 4; the end-of-training pass is skipped (step 4 already done)
     assert [h["step"] for h in cb.history] == [2, 4]
-    assert cb._real_stats.count == 6  # first num_real clips of the val loader, computed once
+    assert cb._real_stats["i3d"].count == 6 == cb._real_count  # first num_real val-loader clips, once
     # generation saw the EMA weights, not the raw ones; raw weights restored afterwards
     assert [w for _, w in model.seen] == pytest.approx(shadow_at_generate)
     assert float(model.w) != pytest.approx(shadow_at_generate[-1])
@@ -287,3 +287,70 @@ def test_debug_config_logs_fvd_with_random_i3d(tmp_path):
     assert [float(r["val/fvd_uncalibrated"]) for r in rows if r.get("val/fvd_uncalibrated")] == pytest.approx(
         [value]
     )
+
+
+class LabelledClips(Clips):
+    def val_dataloader(self):
+        g = torch.Generator().manual_seed(1)
+        labels = [[0, 1], [1, 1], [2, 1], [0, 0]]  # the first 6: {0: 1, 1: 4, 2: 1}
+        return [
+            {"video": torch.rand(2, 3, 10, 16, 16, generator=g) * 2 - 1, "label": torch.tensor(y)}
+            for y in labels
+        ]
+
+
+class ClassDummy(Dummy):
+    """`Dummy` that says it is class-conditional and records the labels it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.hparams["num_classes"] = 3
+        self.labels_seen: list[int] = []
+
+    def generate(self, n, *, labels=None, **kwargs):
+        self.labels_seen.extend([] if labels is None else [int(y) for y in labels])
+        return super().generate(n, **kwargs)
+
+
+@pytest.mark.parametrize("labels", ["real", None])
+def test_callback_samples_a_conditional_model_with_the_real_label_histogram(labels):
+    from collections import Counter
+
+    model = ClassDummy()
+    cb = FVDCallback(
+        real="val_dataloader",
+        height=16,
+        width=16,
+        every_n_steps=0,
+        num_real=6,
+        num_fake=6,
+        num_frames=9,
+        batch_size=4,
+        labels=labels,
+        detector=tiny_detector(),
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=LabelledClips())
+    cond = cb.history[-1]["conditioning"]
+    if labels == "real":
+        assert Counter(model.labels_seen) == Counter({0: 1, 1: 4, 2: 1})
+        assert cond == {
+            "mode": "class",
+            "label_histogram": {"0": 1, "1": 4, "2": 1},
+            "unconditional_run_of_conditional_model": False,
+        }
+    else:
+        assert model.labels_seen == [] and cond["mode"] == "unconditional"
+        assert cond["unconditional_run_of_conditional_model"] is True
+        assert any("UNCONDITIONAL evaluation of a conditional checkpoint" in str(w.message) for w in caught)

@@ -36,10 +36,12 @@ def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
     return frames
 
 
-def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> None:
+def write_heldout_shards(
+    folder: Path, lengths: list[int], size: int = 32, labels: list[int] | None = None, split: str = "val"
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(
-        str(folder / schema.SHARD_PATTERN.format(split="val")), maxcount=2, verbose=0
+        str(folder / schema.SHARD_PATTERN.format(split=split)), maxcount=2, verbose=0
     ) as sink:
         for i, n in enumerate(lengths):
             key = schema.check_key(f"src{i:03d}_s0000_c00")
@@ -56,15 +58,17 @@ def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> No
                 "num_frames": n,
                 "width": size,
                 "height": size,
-                "split": "val",
+                "split": split,
                 "pipeline_version": schema.PIPELINE_VERSION,
             }
+            if labels is not None:
+                meta["label"] = labels[i]
             assert not schema.missing_meta(meta)
             sink.write(
                 {
                     "__key__": key,
                     schema.MP4: encode_mp4(moving_square(n, size, i)),
-                    schema.TXT: "a square",
+                    schema.TXT: f"a square number {i}",
                     schema.JSON: json.dumps(meta).encode(),
                 }
             )
@@ -73,7 +77,8 @@ def write_heldout_shards(folder: Path, lengths: list[int], size: int = 32) -> No
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    write_heldout_shards(root / "shards", [18, 5, 20, 17])  # the 5-frame clip is too short: discarded
+    # the 5-frame clip is too short: discarded; labels 0, (1), 2, 2: the kept ones have {0: 1, 2: 2}
+    write_heldout_shards(root / "shards", [18, 5, 20, 17], labels=[0, 1, 2, 2])
     (root / "fake").mkdir()
     for i in range(3):
         (root / "fake" / f"sample_{i:02d}.mp4").write_bytes(encode_mp4(moving_square(16, 32, 10 + i)))
@@ -131,6 +136,11 @@ def test_make_eval_writes_a_recorded_uncalibrated_report(data, tmp_path, capsys,
         np.isfinite(report["metrics"]["fvd"]) and report["metrics"]["fvd"] > 1e-3
     )  # random I3D still separates clips
     assert any("uncalibrated" in n for n in report["notes"]) and any("custom" in n for n in report["notes"])
+    env = report["environment"]  # every package that can move a number, by version
+    assert all(
+        env[k] for k in ("torch", "numpy", "scipy", "torchmetrics", "torch-fidelity", "decord", "python")
+    )
+    assert report["conditioning"] is None and report["sampling"] is None  # a folder of fakes: nothing sampled
 
 
 def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeypatch):
@@ -152,7 +162,11 @@ def test_missing_weights_stop_with_the_file_name(data, tmp_path, capsys, monkeyp
 
 
 class TinyDetector(nn.Module):
-    """Cheap stand-in with the TorchScript call signature, for testing the plumbing around I3D."""
+    """Cheap stand-in with the TorchScript call signature, for testing the plumbing around I3D.
+
+    Frames are weighted by their position before pooling over time, so it sees frame order: any
+    two different frames swapped change the features.
+    """
 
     def __init__(self):
         super().__init__()
@@ -162,6 +176,8 @@ class TinyDetector(nn.Module):
 
     def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = False):
         x = x.float() / 127.5 - 1 if rescale else x
+        t = x.shape[2]
+        x = x * torch.linspace(0.5, 1.5, t).view(1, 1, t, 1, 1)  # position-dependent weight per frame
         pooled = nn.functional.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1)  # (B, 48)
         return self.proj(pooled)
 
@@ -178,11 +194,11 @@ def test_real_statistics_cache_is_reused_and_mismatch_is_an_error(data, tmp_path
     first, info = real_statistics(
         str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
     )
-    assert cache.exists() and info["cache_hit"] is False and first.count == 3
+    assert (tmp_path / "real.i3d.npz").exists() and info["cache_hit"] == {"i3d": False} and first.count == 3
     again, info2 = real_statistics(
         str(data / "shards"), protocol, tiny_detector(protocol), cache=str(cache), progress=False
     )
-    assert info2["cache_hit"] is True
+    assert info2["cache_hit"] == {"i3d": True}
     np.testing.assert_array_equal(again.scatter, first.scatter)
     # the fake side and final formula may change without invalidating the real statistics
     real_statistics(
@@ -226,23 +242,49 @@ def test_fake_folder_shorter_than_protocol_is_rejected(data):
 
 
 def test_same_clips_from_shards_frames_and_videos_give_the_same_statistics(data, tmp_path):
-    """Readers agree: the decoded shard clips, re-saved as PNG frame folders, give identical stats."""
+    """Readers agree: the shard clips, their mp4 bytes as a video folder, and their decoded frames
+    as PNG folders (unpadded names 0.png .. 17.png: frame order must survive) give identical stats."""
+    import tarfile
+
     from PIL import Image
 
     from lightning_modules.metrics.videos import open_sources
 
     protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=9, clip_start="first")
     _, sources = open_sources(str(data / "shards"))
-    frames_dir = tmp_path / "frames"
+    frames_dir, videos_dir = tmp_path / "frames", tmp_path / "videos"
+    videos_dir.mkdir()
+    for tar_path in sorted((data / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".mp4"):  # the very same encoded bytes
+                    (videos_dir / m.name).write_bytes(tar.extractfile(m).read())
     for s in sources:
         if s.num_frames >= 9:
             (frames_dir / s.key).mkdir(parents=True)
             for t, f in enumerate(s.load(list(range(s.num_frames)))):
-                Image.fromarray(f).save(frames_dir / s.key / f"{t:04d}.png")
-    a, _ = real_statistics(str(data / "shards"), protocol, tiny_detector(protocol), progress=False)
-    b, info = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
-    assert info["kind"] == "frames"
+                Image.fromarray(f).save(frames_dir / s.key / f"{t}.png")  # 10.png sorts before 2.png as text
+    a, info_a = real_statistics(str(data / "shards"), protocol, tiny_detector(protocol), progress=False)
+    b, info_b = real_statistics(str(frames_dir), protocol, tiny_detector(protocol), progress=False)
+    c, info_c = real_statistics(str(videos_dir), protocol, tiny_detector(protocol), progress=False)
+    assert (info_a["kind"], info_b["kind"], info_c["kind"]) == ("shards", "frames", "videos")
+    assert info_b["first_keys"] == info_a["first_keys"] and a.count == b.count == c.count == 2
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12)
+    np.testing.assert_allclose(c.mean, a.mean, rtol=1e-12)
+    np.testing.assert_allclose(c.scatter, a.scatter, rtol=1e-9, atol=1e-9)
+
+
+def test_the_tiny_detector_sees_frame_order(data):
+    """The stand-in detector of these tests must fail a reader that scrambles frames."""
+    from lightning_modules.metrics.videos import open_sources
+
+    protocol = get_protocol("fvd2048_16f").override(num_frames=9)
+    _, sources = open_sources(str(data / "shards"))
+    clip = torch.from_numpy(sources[0].load(list(range(9)))).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    det = tiny_detector(protocol)
+    ref = det(clip)
+    assert (ref - det(clip.flip(2))).abs().max() > 1e-2  # reversed
+    assert (ref - det(clip[:, :, [1, 0, *range(2, 9)]])).abs().max() > 1e-3  # two frames swapped
 
 
 @pytest.mark.slow
@@ -351,3 +393,172 @@ def test_non_finite_metric_is_written_as_null_with_a_reason(data, tmp_path, monk
 def test_fid_antialias_defaults_to_the_tf1_resize():
     args = evaluate.build_parser().parse_args(["--real", "r", "--fake", "f"])
     assert args.fid_antialias == 0
+
+
+@pytest.mark.slow  # two Inception passes over 36 frames at 299x299 on CPU
+def test_fid_alone_needs_only_the_inception_file_and_caches_its_real_statistics(data, tmp_path, monkeypatch):
+    """--metrics fid: no I3D file anywhere, no --allow-random-detector; the Inception file given is a
+    random-init stand-in. Real Inception statistics go to their own cache file and are reused."""
+    from lightning_modules.metrics.fid_is import random_inception_weights
+
+    for env in ("VIDEODIT_I3D_TORCHSCRIPT", "VIDEODIT_I3D_STATE_DICT", "VIDEODIT_INCEPTION_WEIGHTS"):
+        monkeypatch.delenv(env, raising=False)
+    weights = random_inception_weights(tmp_path / "stand_in_inception.pth")
+    argv = ["--real", str(data / "shards"), "--fake", str(data / "fake"), "--metrics", "fid"]
+    argv += ["--num-real", "2", "--num-fake", "2", "--num-frames", "9", "--inception-weights", str(weights)]
+    argv += ["--real-cache", str(tmp_path / "real.npz"), "--no-progress"]
+    reports = []
+    for run in range(2):
+        out = tmp_path / f"report{run}.json"
+        assert evaluate.main([*argv, "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    first, second = reports
+    assert (
+        set(first["metrics"]) == {"fid"}
+        and np.isfinite(first["metrics"]["fid"])
+        and first["metrics"]["fid"] > 0
+    )
+    assert set(first["detectors"]) == {"frame"} and first["detector_sha256"] is None  # no I3D loaded
+    assert first["detectors"]["frame"]["outputs"] == ["2048"]  # no IS logits either
+    assert (tmp_path / "real.inception.npz").exists() and not (tmp_path / "real.i3d.npz").exists()
+    assert first["real"]["cache_hit"] == {"inception": False} and second["real"]["cache_hit"] == {
+        "inception": True
+    }
+    assert second["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"], rel=1e-12)
+    assert second["detectors"]["frame"]["frames"] == {"real": 0, "fake": 18}  # real frames not decoded again
+
+
+def class_conditional_checkpoint(tmp_path, num_classes: int = 3) -> Path:
+    """A debug-sized class-conditional checkpoint (one training step) whose output depends on the label.
+
+    adaLN-Zero starts every block and the final layer at zero, so a freshly trained model ignores
+    its condition; those layers get small random weights before saving.
+    """
+    import lightning as L
+
+    from datamodules.synthetic import SyntheticVideoDataModule
+    from lightning_modules.video_diffusion import VideoDiffusion
+
+    torch.manual_seed(0)
+    model = VideoDiffusion(
+        dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
+        num_classes=num_classes,
+        sample_steps=2,
+    )
+    dm = SyntheticVideoDataModule(
+        num_samples=4,
+        num_frames=10,
+        height=32,
+        width=32,
+        batch_size=2,
+        num_classes=num_classes,
+        patch_size=(1, 4, 4),
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN" in name or "final_layer" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    ckpt = tmp_path / "class_cond.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt
+
+
+@pytest.mark.slow  # trains one debug step, samples 2 x 6 clips, runs the random I3D
+def test_class_conditional_checkpoint_is_sampled_with_the_real_label_histogram(data, tmp_path, capsys):
+    ckpt = class_conditional_checkpoint(tmp_path)
+    argv = ["--real", str(data / "shards"), "--fake", str(ckpt), "--metrics", "fvd", "--no-ema"]
+    argv += ["--num-real", "3", "--num-fake", "6", "--num-frames", "9", "--steps", "2", "--sample-seed", "5"]
+    argv += [
+        "--allow-random-detector",
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--real-cache",
+        str(tmp_path / "r.npz"),
+    ]
+    reports = {}
+    for name, extra in (("labels", ["--labels"]), ("uncond", []), ("uniform", ["--labels", "uniform"])):
+        out = tmp_path / f"{name}.json"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert evaluate.main([*argv, *extra, "--out", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+        reports[name]["_warnings"] = [str(w.message) for w in caught]
+    cond = reports["labels"]["conditioning"]
+    # the 3 real clips carry labels 0, 2, 2: 6 fakes get twice that histogram
+    assert cond["mode"] == "class" and cond["labels"] == "real"
+    assert cond["real_label_histogram"] == {"0": 1, "2": 2} and cond["label_histogram"] == {"0": 2, "2": 4}
+    assert cond["unconditional_run_of_conditional_model"] is False
+    assert reports["uniform"]["conditioning"]["label_histogram"] == {"0": 2, "1": 2, "2": 2}
+    uncond = reports["uncond"]["conditioning"]
+    assert uncond["mode"] == "unconditional" and uncond["unconditional_run_of_conditional_model"] is True
+    assert "class-conditional (num_classes=3)" in uncond["warning"]
+    assert any("UNCONDITIONAL" in n for n in reports["uncond"]["notes"])
+    assert any("UNCONDITIONAL" in w for w in reports["uncond"]["_warnings"])
+    assert "WARNING: UNCONDITIONAL" in capsys.readouterr().err
+    # same seed, same real statistics (cache hit), different conditions: different FVD
+    assert reports["uncond"]["real"]["cache_hit"] == {"i3d": True}
+    fvd = {name: r["metrics"]["fvd"] for name, r in reports.items()}
+    assert fvd["labels"] != pytest.approx(fvd["uncond"], rel=1e-6), fvd
+    assert fvd["uniform"] != pytest.approx(fvd["labels"], rel=1e-6), fvd
+    # what moved the number is recorded
+    s = reports["labels"]["sampling"]
+    assert (s["sampler"], s["steps"], s["cfg_scale"], s["steps_from"]) == ("ddim", 2, 1.0, "--steps")
+    assert reports["labels"]["fake"]["seed"] == 5 and "(5, i)" in reports["labels"]["fake"]["seeds"]
+    env = reports["labels"]["environment"]
+    assert all(env[k] for k in ("torch", "scipy", "torchmetrics", "decord", "numpy"))
+
+
+def test_resolution_split_and_count_differences_are_reported(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    small = tmp_path / "fake48"
+    small.mkdir()
+    for i in range(2):
+        (small / f"s{i}.mp4").write_bytes(encode_mp4(moving_square(16, 48, 20 + i)))
+    argv = ["--real", str(data / "shards"), "--fake", str(small), "--num-fake", "2", "--num-frames", "9"]
+    argv += ["--allow-random-detector", "--no-progress", "--batch-size", "2"]
+    native_out, train_out = tmp_path / "native.json", tmp_path / "train.json"
+    with pytest.warns(
+        UserWarning, match=r"real clips are \[\[32, 32\]\] \(H, W\) but fakes are \[\[48, 48\]\]"
+    ):
+        assert evaluate.main([*argv, "--num-real", "2", "--out", str(native_out)]) == 0
+    native = json.loads(native_out.read_text())
+    assert native["resolution"] == {
+        "real_resize": "native",
+        "real_sizes": [[32, 32]],
+        "fake_sizes": [[48, 48]],
+        "match": False,
+    }
+    assert any("--real-resize train" in n for n in native["notes"])
+    assert any("real split 'val' differs from the 'train' split" in n for n in native["notes"])
+    # resized to the fakes' size; 5 asked but only 3 real videos are long enough: all 3 used, said so
+    assert evaluate.main([*argv, "--num-real", "5", "--real-resize", "train", "--out", str(train_out)]) == 0
+    train = json.loads(train_out.read_text())
+    assert train["resolution"]["real_sizes"] == [[48, 48]] and train["resolution"]["match"] is True
+    assert train["real"]["resize"] == {"real_resize": "train", "size": [48, 48], "conversion": "round"}
+    assert train["counts"]["real"] == 3 and train["real"]["used_all"] is True
+    assert any("only 3 usable real clips for the 5 asked" in n for n in train["notes"])
+    assert "real_resize=train" in train["protocol"]["name"]
+    assert train["protocol"]["sources"]["real_selection"].startswith("universome/stylegan-v")
+
+
+def test_videos_decord_cannot_copy_out_are_read_with_pyav():
+    """decord 0.6 fails (or returns 4 channels) on 24- or 48-pixel-wide H.264; the reader falls back."""
+    from lightning_modules.metrics.videos import _decode_pyav, decode_frames
+
+    for size in (24, 48):
+        data = encode_mp4(moving_square(16, size, 3))
+        frames = decode_frames(data, [0, 7, 15])
+        assert frames.shape == (3, size, size, 3)
+        np.testing.assert_array_equal(frames, _decode_pyav(data, [0, 7, 15]))

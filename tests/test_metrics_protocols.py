@@ -8,14 +8,16 @@ import torch
 
 from lightning_modules.metrics import i3d
 from lightning_modules.metrics.detectors import FVDDetector
+from lightning_modules.metrics.fvd import real_transform, select_real_clips
 from lightning_modules.metrics.protocols import (
+    SOURCES,
     check_clip_length,
     get_protocol,
     preprocess_state_dict_input,
     resize_bilinear,
     to_uint8,
 )
-from lightning_modules.metrics.videos import VideoSource, select_clips
+from lightning_modules.metrics.videos import VideoSource, iter_clip_batches, select_clips
 
 
 def test_presets_pin_the_reference_choices():
@@ -33,6 +35,10 @@ def test_presets_pin_the_reference_choices():
     assert (tats.detector, tats.cov_divisor) == ("i3d_state_dict", "N-1")
     latte = get_protocol("fvd2048_16f_latte")
     assert (latte.stride, latte.real_selection) == (3, "random") and latte.span == 46
+    assert latte.min_video_frames == 48 and latte.fake_selection == "random"
+    assert (tats.real_selection, tats.real_resize, tats.uint8_conversion) == ("windows", "train", "truncate")
+    assert all(p.paper_split == "train" and p.when_fewer == "use_all" for p in (sg, tats, latte))
+    assert all(SOURCES[name] for name in ("fvd2048_16f", "fvd2048_16f_latte", "fvd_tats"))
     custom = sg.override(num_real=8, num_fake=8, num_frames=None)
     assert custom.name.startswith("custom(fvd2048_16f:") and custom.num_real == 8 and custom.num_frames == 16
     assert sg.override(num_real=2048) is sg
@@ -152,3 +158,114 @@ def test_clip_batches_keep_order_and_split_at_size_changes():
         (2, 3, 9, 4, 4),
     ]
     assert [int(v) for b in batches for v in b[:, 0, 0, 0, 0]] == list(range(7))  # clip order kept
+
+
+# ---------------------------------------------------------------- each preset's real clips, by hand
+def corpus(videos: dict[str, tuple[int, int, int]]) -> list[VideoSource]:
+    """key -> (frames, H, W); pixel (f, y, x) of video v holds 20 * x + f (frame and column readable)."""
+
+    def loader(n, h, w):
+        def load(idx):
+            frames = np.zeros((len(idx), h, w, 3), np.uint8)
+            for k, f in enumerate(idx):
+                assert 0 <= f < n, f"frame {f} of a {n}-frame video"
+                frames[k] = (20 * np.arange(w)[None, :, None] + f).astype(np.uint8)
+            return frames
+
+        return load
+
+    return [VideoSource(k, n, loader(n, h, w), size=n) for k, (n, h, w) in videos.items()]
+
+
+def selected(protocol, videos, size=None):
+    clips, info = select_real_clips(corpus(videos), protocol)
+    batches = list(iter_clip_batches(clips, batch_size=16, transform=real_transform(protocol, size)))
+    return clips, info, batches
+
+
+def test_fvd2048_16f_real_clips():
+    """StyleGAN-V: videos with >= 16 frames in sorted order, all of them when fewer than 2048, one clip
+    each at a random offset (seed, key), every frame, native size."""
+    p = get_protocol("fvd2048_16f")
+    videos = {"d": (20, 24, 32), "b": (15, 24, 32), "a": (16, 24, 32), "c": (40, 24, 32)}
+    clips, info, batches = selected(p, videos)
+    assert [c.key for c in clips] == ["a", "c", "d"]  # b (15 frames) discarded; sorted keys
+    assert info["used_all"] is True and info["requested"] == 2048 and info["discarded_short"] == 1
+    import zlib
+
+    for c in clips:
+        n = videos[c.key][0]
+        start = np.random.RandomState([0, zlib.crc32(c.key.encode())]).randint(0, n - 16 + 1)
+        assert c.indices == list(range(start, start + 16))
+    assert clips[0].indices == list(range(16))  # a has exactly 16 frames: offset 0
+    (batch,) = batches
+    assert tuple(batch.shape) == (3, 3, 16, 24, 32)  # native size
+    assert batch[1, 0, :, 0, 0].tolist() == clips[1].indices  # the frames read are the selected ones
+
+
+def test_fvd2048_16f_latte_real_clips():
+    """Latte: only videos of >= 16*3 = 48 frames (46 and 47 are not enough), a seeded random subset,
+    frames start, start+3, ..., start+45, native size."""
+    p = get_protocol("fvd2048_16f_latte")
+    videos = {"a": (46, 8, 8), "b": (47, 8, 8), "c": (48, 8, 8), "d": (60, 8, 8), "e": (100, 8, 8)}
+    clips, info, batches = selected(p, videos)
+    order = np.random.RandomState(0).permutation(3)
+    assert [c.key for c in clips] == [["c", "d", "e"][i] for i in order]
+    assert info["min_frames"] == 48 and info["discarded_short"] == 2 and info["used_all"] is True
+    for c in clips:
+        assert 0 <= c.start <= videos[c.key][0] - 46 and c.indices == list(range(c.start, c.start + 46, 3))
+    assert tuple(batches[0].shape) == (3, 3, 16, 8, 8)
+    assert batches[0][0, 0, :, 0, 0].tolist() == clips[0].indices
+    # the span rule (StyleGAN-V's own) would have admitted 46 and 47 frames
+    looser, _ = select_real_clips(corpus(videos), p.override(min_length="span"))
+    assert sorted(c.key for c in looser) == ["a", "b", "c", "d", "e"]
+
+
+def tats_byte(v: np.ndarray) -> np.ndarray:
+    """TATS's real conversion by hand, float32: x = v / 255 - 0.5, then ((x + 0.5) * 255).byte()."""
+    x = v.astype(np.float32) / np.float32(255) - np.float32(0.5)
+    return ((x + np.float32(0.5)) * np.float32(255)).astype(np.uint8)  # truncation
+
+
+def test_fvd_tats_real_clips():
+    """TATS: every 16-frame window of every video is a clip, a seeded shuffle of all windows (a video
+    can give several), resized so the frame covers the training size and centre-cropped, truncated."""
+    p = get_protocol("fvd_tats")
+    videos = {"a": (17, 8, 12), "b": (18, 8, 12)}  # windows a0 a1 b0 b1 b2
+    clips, info, batches = selected(p, videos, size=(8, 8))
+    windows = [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2)]
+    expected = [windows[i] for i in np.random.RandomState(0).permutation(5)]
+    assert [(c.key, c.start) for c in clips] == expected and info["used_all"] is True
+    assert all(c.indices == list(range(c.start, c.start + 16)) for c in clips)
+    (batch,) = batches
+    assert tuple(batch.shape) == (5, 3, 16, 8, 8)  # training size
+    # 8x12 -> height already 8, width ceil(12 * 1) = 12, crop columns (12 - 8) // 2 = 2 .. 9
+    source = (20 * np.arange(2, 10)[None, :] + np.array([c.start for c in clips])[:, None]).astype(np.uint8)
+    assert batch[:, 0, 0, 0, :].numpy().tolist() == tats_byte(source).tolist()
+    # truncation is visible: some values come back one lower, as .byte() gives in TATS
+    v = np.arange(256, dtype=np.uint8)
+    assert (tats_byte(v) != v).any() and (tats_byte(v) >= v.astype(int) - 1).all()
+    assert info["selection"] == "windows"
+
+
+def test_tats_resize_covers_then_centre_crops():
+    """A 12x16 frame to 8x8: scale 8/12, size (8, ceil(16 * 8 / 12) = 11), crop columns 1..8."""
+    from lightning_modules.metrics.videos import resize_center_crop
+
+    frame = np.zeros((1, 12, 16, 3), np.uint8)
+    frame[..., 0] = (np.arange(16) * 15)[None, None, :]
+    out = resize_center_crop(frame, (8, 8), conversion="truncate")
+    assert out.shape == (1, 8, 8, 3)
+    x = torch.from_numpy(frame).permute(0, 3, 1, 2).float() / 255.0
+    full = torch.nn.functional.interpolate(x, size=(8, 11), mode="bilinear", align_corners=False)
+    expected = ((full[:, :, :, 1:9] - 0.5 + 0.5) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(out, expected)
+    tall = resize_center_crop(np.zeros((1, 20, 10, 3), np.uint8), (8, 8))
+    assert tall.shape == (1, 8, 8, 3)
+
+
+def test_tats_fakes_are_truncated():
+    x = torch.linspace(-1, 1, 1001)
+    by_hand = ((x.numpy().astype(np.float32) + 1) / 2 * 255).astype(np.uint8)  # (samples * 255).astype(uint8)
+    assert to_uint8(x, "truncate").numpy().tolist() == by_hand.tolist()
+    assert (to_uint8(x, "truncate") != to_uint8(x)).any()  # and differs from StyleGAN-V's rounding

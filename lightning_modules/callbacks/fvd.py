@@ -18,8 +18,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_modules.metrics.conditioning import conditioned_generate, model_conditioning
+from lightning_modules.metrics.conditioning import resolve as resolve_conditioning
 from lightning_modules.metrics.detectors import FVDDetector, load_fvd_detector
 from lightning_modules.metrics.frechet import GaussianStats
 from lightning_modules.metrics.fvd import (
@@ -28,8 +30,8 @@ from lightning_modules.metrics.fvd import (
     fake_statistics_from_generator,
     fvd_from_stats,
     real_statistics,
+    select_real_clips,
 )
-from lightning_modules.metrics.i3d import NUM_CLASSES
 from lightning_modules.metrics.protocols import get_protocol, to_uint8
 
 
@@ -40,8 +42,12 @@ class FVDCallback(Callback):
     height, width: resolution to generate at (the training resolution).
     every_n_steps: evaluate every N optimizer steps (0 = only at the end); at_train_end: also at the end.
     protocol: preset name; num_real / num_fake / num_frames / stride override it (a custom protocol).
-    batch_size, seed, steps, cfg_scale, labels: passed to `generate` (seed: same samples every time).
-    metrics: subset of ("fvd", "fid", "is").
+    batch_size, seed, steps, cfg_scale: passed to `generate` (seed: same samples every time).
+    labels: class labels of the fakes: "real" (the real clips' label histogram), "uniform", or a list
+        (cycled); None samples the null class, which for a class-conditional model is warned about
+        and recorded (`history[i]["conditioning"]`).
+    prompts: "captions" (the real clips' captions), a text file (one per line) or a list, cycled.
+    metrics: subset of ("fvd", "fid", "is"); only the detectors they need are loaded.
     i3d_torchscript, i3d_state_dict, inception_weights, c3d_torchscript: local weight files (or env vars).
     allow_random_detector: random-init stand-ins when files are missing (logged as *_uncalibrated).
     real_split, real_cache: shard split to read, optional .npz cache of the real statistics.
@@ -65,7 +71,8 @@ class FVDCallback(Callback):
         seed: int = 0,
         steps: int | None = None,
         cfg_scale: float | None = None,
-        labels: list[int] | None = None,
+        labels: list[int] | str | None = None,
+        prompts: list[str] | str | None = None,
         metrics: tuple[str, ...] = ("fvd",),
         i3d_torchscript: str | None = None,
         i3d_state_dict: str | None = None,
@@ -84,13 +91,8 @@ class FVDCallback(Callback):
         self.real, self.real_split, self.real_cache = real, real_split, real_cache
         self.height, self.width = height, width
         self.every_n_steps, self.at_train_end = every_n_steps, at_train_end
-        self.batch_size, self.seed, self.steps, self.cfg_scale, self.labels = (
-            batch_size,
-            seed,
-            steps,
-            cfg_scale,
-            labels,
-        )
+        self.batch_size, self.seed, self.steps, self.cfg_scale = batch_size, seed, steps, cfg_scale
+        self.labels, self.prompts = labels, prompts
         unknown = set(metrics) - {"fvd", "fid", "is"}
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from fvd, fid, is")
@@ -104,8 +106,10 @@ class FVDCallback(Callback):
         self.allow_random = allow_random_detector
         self.log_prefix = log_prefix
         self.detector = detector
-        self._real_stats: GaussianStats | None = None
-        self._frame_real_done = False
+        self._real_stats: dict[str, GaussianStats] | None = None
+        self._real_labels: list | None = None
+        self._real_captions: list | None = None
+        self._real_count: int | None = None
         self._frame_metrics = None
         self._last_step = -1
         self.history: list[dict[str, Any]] = []
@@ -124,7 +128,7 @@ class FVDCallback(Callback):
 
     # ------------------------------------------------------------------ work
     def _load(self, pl_module: L.LightningModule) -> None:
-        if self.detector is None:
+        if "fvd" in self.metrics and self.detector is None:
             self.detector = load_fvd_detector(
                 self.protocol,
                 i3d_torchscript=self.weights["i3d_torchscript"],
@@ -133,9 +137,9 @@ class FVDCallback(Callback):
                 device=pl_module.device,
             )
         if ("fid" in self.metrics or "is" in self.metrics) and self._frame_metrics is None:
-            from lightning_modules.metrics.fid_is import FrameFIDIS
+            from lightning_modules.metrics.fid_is import FrameInception
 
-            self._frame_metrics = FrameFIDIS(
+            self._frame_metrics = FrameInception(
                 weights=self.weights["inception_weights"],
                 allow_random=self.allow_random,
                 fid="fid" in self.metrics,
@@ -143,11 +147,22 @@ class FVDCallback(Callback):
                 device=pl_module.device,
             )
 
-    def _real_from_loader(self, trainer: L.Trainer) -> GaussianStats:
-        """First `num_real` clips of the val loader, as uint8, first frames of each.
+    def _feature_sets(self) -> dict:
+        sets = {}
+        if "fvd" in self.metrics:
+            sets["i3d"] = self.detector
+        if "fid" in self.metrics:
+            sets["inception"] = self._frame_metrics
+        return sets
 
-        Rank 0 computes them and broadcasts: whether a datamodule's val loader is split by rank
-        differs between datamodules, and every rank must compare against the same real set.
+    def _real_from_loader(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
+        """First `num_real` clips of the val loader, as uint8, the first `span` frames of each.
+
+        The val loader decides where its clips start (their first frames here, whatever the
+        protocol's `clip_start`). Rank 0 computes them and broadcasts: whether a datamodule's val
+        loader is split by rank differs between datamodules, and every rank must compare against the
+        same real set. Labels and captions of the clips are kept for `labels="real"` /
+        `prompts="captions"`.
         """
         rank, _ = dist_info()
         want = self.protocol.num_real
@@ -155,6 +170,7 @@ class FVDCallback(Callback):
         if loader is None:
             raise ValueError("FVDCallback(real='val_dataloader') needs a datamodule with a val_dataloader")
         span = self.protocol.span
+        labels, captions = [], []
 
         def clips():
             taken = 0
@@ -168,62 +184,93 @@ class FVDCallback(Callback):
                         f"({self.protocol.num_frames} frames, stride {self.protocol.stride})"
                     )
                 video = video[:, :, : span : self.protocol.stride][: want - taken]
-                taken += len(video)
-                yield to_uint8(video)
+                b = len(video)
+                lab = batch.get("label")
+                labels.extend([int(x) for x in lab[:b]] if lab is not None else [None] * b)
+                cap = batch.get("caption")
+                captions.extend(list(cap[:b]) if cap is not None else [None] * b)
+                taken += b
+                yield to_uint8(video, self.protocol.uint8_conversion)
                 if taken >= want:
                     return
 
-        if rank != 0:
-            return GaussianStats(NUM_CLASSES).broadcast(0)
-        stats = accumulate(
-            self.detector, clips(), total=want, desc="real clips (val loader)", extra=self._frame_real
-        )
-        return stats.broadcast(0)
+        sets = self._feature_sets()
+        if sets and rank == 0:
+            stats = accumulate(
+                sets, clips(), protocol=self.protocol, side="real", total=want, desc="real clips (val loader)"
+            )
+        else:
+            stats = {name: GaussianStats(fs.dim) for name, fs in sets.items()}
+            list(clips())  # every rank reads the conditions (labels, captions) of the same clips
+        self._real_labels = [None if y is None or y < 0 else y for y in labels] or None
+        self._real_captions = captions or None
+        self._real_count = len(labels)
+        return {name: st.broadcast(0) for name, st in stats.items()}
 
-    def _frame_real(self, batch: torch.Tensor) -> None:
-        if self._frame_metrics is not None and self._frame_metrics.fid is not None:
-            self._frame_metrics.update_real(batch)
-
-    def _real(self, trainer: L.Trainer) -> GaussianStats:
+    def _real(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
         if self._real_stats is None:
             if self.real == "val_dataloader":
                 self._real_stats = self._real_from_loader(trainer)
             else:
-                extra = self._frame_real if self._frame_metrics is not None else None
-                self._real_stats, _ = real_statistics(
-                    self.real,
-                    self.protocol,
-                    self.detector,
-                    split=self.real_split,
-                    batch_size=self.batch_size,
-                    cache=self.real_cache,
-                    extra=extra,
+                clips, info = select_real_clips(self.real, self.protocol, split=self.real_split)
+                self._real_labels = [c.source.label for c in clips]
+                self._real_captions = [c.source.caption for c in clips]
+                self._real_count = len(clips)
+                self._real_stats = {}
+                if self._feature_sets():
+                    self._real_stats, _ = real_statistics(
+                        (clips, info),
+                        self.protocol,
+                        self._feature_sets(),
+                        split=self.real_split,
+                        batch_size=self.batch_size,
+                        cache=self.real_cache,
+                        resize_to=(self.height, self.width),
+                    )
+            if self._real_count < 2:
+                raise ValueError(f"FVD needs at least 2 real clips, got {self._real_count}")
+            if self._real_count < self.protocol.num_real:
+                rank_zero_warn(
+                    f"FVDCallback: only {self._real_count} real clips for the {self.protocol.num_real} of "
+                    f"{self.protocol.name}: all were used; the logged value is not the preset's number"
                 )
-            if self._real_stats.count < 2:
-                raise ValueError(f"FVD needs at least 2 real clips, got {self._real_stats.count}")
         return self._real_stats
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         from lightning_modules.callbacks.ema import use_ema
+        from lightning_modules.metrics.fid_is import fid_from_stats
 
         t0 = time.time()
         self._load(pl_module)
         real = self._real(trainer)
-        if self._frame_metrics is not None:  # fresh fake side, real frames kept
-            if self._frame_metrics.fid is not None:
-                self._frame_metrics.fid.reset()
-            if self._frame_metrics.inception_score is not None:
-                self._frame_metrics.inception_score.reset()
-        extra = self._frame_metrics.update_fake if self._frame_metrics is not None else None
+        labels, captions, conditioning = resolve_conditioning(
+            model_conditioning(pl_module),
+            labels=self.labels,
+            prompts=self.prompts,
+            n=self.protocol.num_fake,
+            seed=self.seed,
+            real_labels=self._real_labels,
+            real_captions=self._real_captions,
+            real_keys=[str(i) for i in range(self._real_count or 0)],
+        )
+        if conditioning.get("unconditional_run_of_conditional_model"):
+            rank_zero_warn(f"FVDCallback: {conditioning['warning']}")
+        if self._frame_metrics is not None:  # fresh fake side, real statistics kept
+            self._frame_metrics.reset_fake()
+        extra = (
+            self._frame_metrics.update_fake
+            if self._frame_metrics is not None and "fid" not in self.metrics
+            else None
+        )
         gen_kwargs = {
             k: v for k, v in dict(steps=self.steps, cfg_scale=self.cfg_scale).items() if v is not None
         }
         with use_ema(trainer, pl_module):
             fake, _ = fake_statistics_from_generator(
-                self._generate_fn(pl_module),
+                conditioned_generate(pl_module.generate, labels, captions),
                 self.protocol,
-                self.detector,
+                self._feature_sets(),
                 height=self.height,
                 width=self.width,
                 seed=self.seed,
@@ -231,41 +278,41 @@ class FVDCallback(Callback):
                 extra=extra,
                 **gen_kwargs,
             )
-        suffix = "" if self.detector.calibrated else "_uncalibrated"
         values = {}
         if "fvd" in self.metrics:
-            values[f"{self.log_prefix}fvd{suffix}"] = fvd_from_stats(real, fake, self.protocol)
+            suffix = "" if self.detector.calibrated else "_uncalibrated"
+            values[f"{self.log_prefix}fvd{suffix}"] = fvd_from_stats(real["i3d"], fake["i3d"], self.protocol)
         if self._frame_metrics is not None:
             frame_suffix = "" if self._frame_metrics.calibrated else "_uncalibrated"
-            values.update(
-                {f"{self.log_prefix}{k}{frame_suffix}": v for k, v in self._frame_metrics.compute().items()}
-            )
+            frame_values = {}
+            if "fid" in self.metrics:
+                frame_values["fid"] = fid_from_stats(real["inception"], fake["inception"])
+            if "is" in self.metrics:
+                frame_values.update(self._frame_metrics.compute_is())
+            values.update({f"{self.log_prefix}{k}{frame_suffix}": v for k, v in frame_values.items()})
         self._log(trainer, values)
         self._last_step = trainer.global_step
-        self.history.append({"step": trainer.global_step, **values, "seconds": time.time() - t0})
-        tag = "" if self.detector.calibrated else " [uncalibrated: random-init detector]"
+        self.history.append(
+            {
+                "step": trainer.global_step,
+                **values,
+                "seconds": time.time() - t0,
+                "protocol": self.protocol.name,
+                "real_clips": self._real_count,
+                "conditioning": {
+                    k: conditioning[k]
+                    for k in ("mode", "label_histogram", "unconditional_run_of_conditional_model")
+                },
+            }
+        )
+        calibrated = all(d.calibrated for d in (self.detector, self._frame_metrics) if d is not None)
+        tag = "" if calibrated else " [uncalibrated: random-init detector]"
         rank_zero_info(
             f"step {trainer.global_step}: {', '.join(f'{k}={v:.3f}' for k, v in values.items())}{tag} "
-            f"({self.protocol.name}, {fake.count} fake / {real.count} real clips, {time.time() - t0:.1f}s)"
+            f"({self.protocol.name}, {self.protocol.num_fake} fake / {self._real_count} real clips, "
+            f"{conditioning['mode']}, {time.time() - t0:.1f}s)"
         )
         return values
-
-    def _generate_fn(self, pl_module: L.LightningModule):
-        if self.labels is None:
-            return pl_module.generate
-        labels = list(self.labels)
-
-        def generate(n, *, seed, first_index=0, **kwargs):
-            # labels cycle over the sample index so every rank/batch split gets the same labels
-            return pl_module.generate(
-                n,
-                seed=seed,
-                first_index=first_index,
-                labels=[labels[(first_index + i) % len(labels)] for i in range(n)],
-                **kwargs,
-            )
-
-        return generate
 
     def _log(self, trainer: L.Trainer, values: dict[str, float]) -> None:
         for name, value in values.items():

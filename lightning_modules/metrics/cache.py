@@ -16,19 +16,33 @@ import numpy as np
 from .frechet import GaussianStats
 
 # protocol fields that do not change the real statistics (fake side or final formula only)
-_NOT_REAL = ("name", "num_fake", "cov_divisor", "sqrtm", "reference")
+_NOT_REAL = ("name", "num_fake", "fake_selection", "cov_divisor", "sqrtm", "paper_split", "reference")
 
 
 class StatsCacheMismatch(ValueError):
     """The cache file was computed for another real set, protocol or detector."""
 
 
-def cache_key(*, real_clips_sha256: str, protocol: dict, detector_sha256: str) -> dict:
-    return {
+def cache_key(
+    *, real_clips_sha256: str, protocol: dict, detector_sha256: str, features: dict | None = None
+) -> dict:
+    """What real statistics were computed from; `features` names the feature set and its options
+    (e.g. {"name": "inception", "antialias": False}) and the real-clip transform."""
+    key = {
         "real_clips_sha256": real_clips_sha256,
         "protocol": {k: v for k, v in protocol.items() if k not in _NOT_REAL},
         "detector_sha256": detector_sha256,
     }
+    if features is not None:
+        key["features"] = features
+    return key
+
+
+def cache_path(base: str | Path, name: str) -> Path:
+    """One file per feature set: `real.npz` -> `real.i3d.npz`, `real.inception.npz`."""
+    base = Path(base)
+    stem = base.name[: -len(".npz")] if base.name.endswith(".npz") else base.name
+    return base.with_name(f"{stem}.{name}.npz")
 
 
 def save_stats(path: str | Path, stats: GaussianStats, key: dict) -> None:

@@ -95,7 +95,14 @@ def require_weights(kind: str, path: str | os.PathLike | None, *, allow_random: 
 
 @dataclass
 class FVDDetector:
-    """A loaded I3D plus how the protocol calls it. `__call__`: uint8 (B, 3, T, H, W) -> (B, 400) float64."""
+    """A loaded I3D plus how the protocol calls it. `__call__`: uint8 (B, 3, T, H, W) -> (B, 400) float64.
+
+    As a feature set (`name`, `dim`, `features(videos, side)`, `options()`) it is one of the real /
+    fake statistics an evaluation accumulates (see `fvd.accumulate`).
+    """
+
+    name = "i3d"
+    dim = i3d.NUM_CLASSES
 
     protocol: Protocol
     module: torch.nn.Module
@@ -116,6 +123,13 @@ class FVDDetector:
         else:
             feats = self.module(preprocess_state_dict_input(videos))
         return feats.to(torch.float64).cpu()
+
+    def features(self, videos: torch.Tensor, side: str = "real") -> torch.Tensor:
+        return self(videos)
+
+    def options(self) -> dict:
+        """What changes the features besides the clips and the file (the protocol's input is in the key)."""
+        return {"name": self.name}
 
     def describe(self) -> dict:
         return {

@@ -1,9 +1,10 @@
 """Per-frame FID / IS through torchmetrics (local InceptionV3 weights), and video IS with C3D.
 
-* Per-frame FID and IS: every frame of the selected clips goes through torchmetrics'
-  `FrechetInceptionDistance` (2048-d features, uint8 input, float64 sums, covariance / (N-1),
-  eigenvalue square root) and `InceptionScore` (10 splits), with torch-fidelity's InceptionV3
-  read from a local file. `antialias` (torchmetrics >= 1.8 default True; False reproduces the
+* Per-frame FID and IS: every frame of the selected clips goes through torch-fidelity's
+  InceptionV3 (torchmetrics' `NoTrainInceptionV3`, read from a local file). FID: 2048-d features
+  into float64 `GaussianStats` and torchmetrics' formula (covariance / (N-1), eigenvalue square
+  root), so the real side can be cached like I3D's; IS: torchmetrics' `InceptionScore` (10 splits)
+  on the unbiased logits. `antialias` (torchmetrics >= 1.8 default True; False reproduces the
   TF1 resize of the original FID, our default) is recorded.
 * Video IS (StyleGAN-V `isv2048_ucf`): the TorchScript C3D `c3d_ucf101.pt` called on uint8
   (B, 3, 16, H, W) returns UCF-101 class probabilities; scores are shuffled with
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .detectors import require_weights
+from .frechet import GaussianStats, stats_distance
 from .i3d import load_torchscript, sha256_file
 from .protocols import check_uint8
 
@@ -38,12 +40,34 @@ def random_inception_weights(path: str | Path, *, seed: int = 0) -> Path:
         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
     ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    # He-normal convolutions (the default init collapses every image to nearly the same features,
+    # so FID between any two sets came out ~1e-12: useless even for smoke runs), logits layer too
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     torch.save(net.state_dict(), path)
     return Path(path)
 
 
-class FrameFIDIS:
-    """Accumulates frames of real and fake clips; computes per-frame FID and/or IS."""
+FID_COV_DIVISOR = "N-1"  # torchmetrics FrechetInceptionDistance: covariance / (N - 1), float64 sums
+FID_SQRTM = "eig"  # torchmetrics _compute_fid: sum of sqrt(eigvals(sigma1 @ sigma2)).real
+
+
+def fid_from_stats(real: GaussianStats, fake: GaussianStats) -> float:
+    """Per-frame FID from 2048-d Inception statistics, torchmetrics' convention (N-1, eigenvalues)."""
+    return stats_distance(real, fake, divisor=FID_COV_DIVISOR, sqrtm=FID_SQRTM)
+
+
+class FrameInception:
+    """torch-fidelity InceptionV3 (through torchmetrics' `NoTrainInceptionV3`) on every frame of a clip.
+
+    A feature set for FID (`name` "inception", 2048-d pool features, accumulated into the same
+    float64 `GaussianStats` as I3D, so real statistics can be cached) and the collector of fake
+    frames' unbiased logits for the per-frame Inception Score. One forward pass gives both.
+    """
+
+    name = "inception"
+    dim = 2048
 
     def __init__(
         self,
@@ -57,9 +81,10 @@ class FrameFIDIS:
         seed: int = 42,
         device: str | torch.device = "cpu",
     ):
+        if not (fid or inception_score):
+            raise ValueError("FrameInception needs fid and/or inception_score")
         path = require_weights("inception", weights, allow_random=allow_random)  # before the slow imports
-        from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
-        from torchmetrics.image.inception import InceptionScore
+        from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.calibrated = path is not None
         if path is None:
@@ -68,59 +93,55 @@ class FrameFIDIS:
             )
         self.path, self.sha256, self.antialias, self.splits = Path(path), sha256_file(path), antialias, splits
         self.seed = seed  # torchmetrics' InceptionScore shuffles with torch.randperm: seeded here
-        self.fid = (
-            FrechetInceptionDistance(
-                feature=2048,
-                feature_extractor_weights_path=str(path),
-                antialias=antialias,
-                reset_real_features=False,
-            ).to(device)
-            if fid
-            else None
-        )
-        self.inception_score = None
-        if inception_score:
-            net = NoTrainInceptionV3(
-                name="inception-v3-compat",
-                features_list=["logits_unbiased"],
-                feature_extractor_weights_path=str(path),
-                antialias=antialias,
-            )
-            self.inception_score = InceptionScore(feature=net, splits=splits).to(device)
-        self.frames = {"real": 0, "fake": 0}
+        self.fid, self.inception_score = fid, inception_score
+        self.outputs = (["2048"] if fid else []) + (["logits_unbiased"] if inception_score else [])
         self.device = torch.device(device)
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=self.outputs,
+            feature_extractor_weights_path=str(path),
+            antialias=antialias,
+        ).to(self.device)
+        self.logits: list[torch.Tensor] = []
+        self.frames = {"real": 0, "fake": 0}
 
     @staticmethod
     def _frames(videos: torch.Tensor) -> torch.Tensor:
         check_uint8(videos)
         return videos.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*T, 3, H, W)
 
-    def update_real(self, videos: torch.Tensor) -> None:  # uint8 (B, 3, T, H, W)
-        if self.fid is not None:
-            frames = self._frames(videos).to(self.device)
-            self.fid.update(frames, real=True)
-            self.frames["real"] += len(frames)
-
-    def update_fake(self, videos: torch.Tensor) -> None:  # uint8 (B, 3, T, H, W)
+    @torch.no_grad()
+    def features(self, videos: torch.Tensor, side: str = "real") -> torch.Tensor | None:
+        """uint8 (B, 3, T, H, W) -> (B*T, 2048) float64 pool features (None without FID); fake frames'
+        logits are kept for IS."""
         frames = self._frames(videos).to(self.device)
-        if self.fid is not None:
-            self.fid.update(frames, real=False)
-        if self.inception_score is not None:
-            self.inception_score.update(frames)
-        self.frames["fake"] += len(frames)
+        # all requested outputs in one pass (the public forward returns only the first)
+        out = dict(zip(self.outputs, self.net._torch_fidelity_forward(frames)))
+        self.frames[side] += len(frames)
+        if side == "fake" and self.inception_score:
+            self.logits.append(out["logits_unbiased"].float().cpu())
+        return out["2048"].to(torch.float64).cpu() if self.fid else None
 
-    def compute(self) -> dict:
-        out = {}
-        if self.fid is not None:
-            out["fid"] = float(self.fid.compute())
-        if self.inception_score is not None:
-            with torch.random.fork_rng(
-                devices=[]
-            ):  # seeded split assignment; the global RNG is left as it was
-                torch.manual_seed(self.seed)
-                mean, std = self.inception_score.compute()
-            out["is_frame_mean"], out["is_frame_std"] = float(mean), float(std)
-        return out
+    def update_fake(self, videos: torch.Tensor) -> None:
+        """IS only: collect the fake frames' logits."""
+        self.features(videos, side="fake")
+
+    def reset_fake(self) -> None:
+        self.logits, self.frames["fake"] = [], 0
+
+    def options(self) -> dict:
+        return {"name": self.name, "antialias": self.antialias, "frames": "every frame of each clip"}
+
+    def compute_is(self) -> dict:
+        """torchmetrics' InceptionScore on the collected logits, its split shuffle seeded."""
+        from torchmetrics.image.inception import InceptionScore
+
+        metric = InceptionScore(feature=nn.Identity(), splits=self.splits)
+        metric.update(torch.cat(self.logits))
+        with torch.random.fork_rng(devices=[]):  # seeded split assignment; the global RNG is left as it was
+            torch.manual_seed(self.seed)
+            mean, std = metric.compute()
+        return {"is_frame_mean": float(mean), "is_frame_std": float(std)}
 
     def describe(self) -> dict:
         return {
@@ -129,6 +150,8 @@ class FrameFIDIS:
             "sha256": self.sha256,
             "calibrated": self.calibrated,
             "antialias": self.antialias,
+            "outputs": list(self.outputs),
+            "fid_convention": f"covariance / ({FID_COV_DIVISOR}), square root: {FID_SQRTM} (torchmetrics)",
             "splits": self.splits,
             "is_shuffle_seed": self.seed,
             "frames": dict(self.frames),

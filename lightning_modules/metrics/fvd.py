@@ -7,17 +7,16 @@ exactly, so the result does not depend on the number of ranks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_key, load_stats, save_stats
-from .detectors import FVDDetector
+from .cache import cache_key, cache_path, load_stats, save_stats
 from .frechet import GaussianStats, stats_distance
-from .i3d import NUM_CLASSES
 from .protocols import Protocol, check_clip_length, to_uint8
-from .videos import iter_clip_batches, open_sources, select_clips
+from .videos import Clip, VideoSource, iter_clip_batches, open_sources, resize_center_crop, select_clips
 
 
 def dist_info() -> tuple[int, int]:
@@ -27,47 +26,73 @@ def dist_info() -> tuple[int, int]:
 
 
 def accumulate(
-    detector: FVDDetector,
+    feature_sets: dict,
     batches: Iterable[torch.Tensor],
     *,
+    protocol: Protocol,
+    side: str = "real",
     total: int | None = None,
     desc: str = "features",
     progress: bool = True,
     extra: Callable[[torch.Tensor], None] | None = None,
-) -> GaussianStats:
-    """Stream uint8 (B, 3, T, H, W) batches through the detector into float64 statistics.
+    sizes: set | None = None,
+) -> dict[str, GaussianStats]:
+    """Stream uint8 (B, 3, T, H, W) batches through each feature set into float64 statistics.
 
-    `extra(batch)` sees every batch too (per-frame FID/IS share the decoded clips).
+    `feature_sets`: name -> object with `dim` and `features(batch, side) -> (N, dim)` (the I3D
+    `FVDDetector`, the per-frame `FrameInception`). `extra(batch)` sees every batch too (fake-only
+    consumers: Inception Score, video IS). `sizes` collects the (H, W) of every batch.
     """
-    stats = GaussianStats(NUM_CLASSES)
+    feature_sets, single = _as_sets(feature_sets)
+    stats = {name: GaussianStats(fs.dim) for name, fs in feature_sets.items()}
     rank, _ = dist_info()
     with tqdm(total=total, desc=desc, unit="clip", disable=not progress or rank != 0) as bar:
         for batch in batches:
-            check_clip_length(batch, detector.protocol, desc)
-            stats.update(detector(batch))
+            check_clip_length(batch, protocol, desc)
+            if sizes is not None:
+                sizes.add(tuple(batch.shape[-2:]))
+            for name, fs in feature_sets.items():
+                stats[name].update(fs.features(batch, side))
             if extra is not None:
                 extra(batch)
             bar.update(len(batch))
-    return stats
+    return stats["i3d"] if single else stats
 
 
-def real_statistics(
-    spec: str,
-    protocol: Protocol,
-    detector: FVDDetector,
-    *,
-    split: str = "val",
-    batch_size: int = 8,
-    cache: str | None = None,
-    progress: bool = True,
-    extra: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[GaussianStats, dict]:
-    """Statistics of the protocol's real clips from `spec` (shards, video folder or frame folders).
+def _gather(stats: dict[str, GaussianStats]) -> dict[str, GaussianStats]:
+    return {name: s.all_gather() for name, s in stats.items()}
 
-    With `cache`, reuse the .npz when it was computed for the same clips, protocol and detector
-    (a different one is an error); otherwise compute and write it. All ranks return the merged stats.
-    """
-    kind, sources = open_sources(spec, split=split)
+
+class _Callable:
+    """A bare detector `f(videos) -> (B, 400)` as a feature set."""
+
+    def __init__(self, detector):
+        self.detector, self.dim = detector, getattr(detector, "dim", 400)
+        self.sha256 = getattr(detector, "sha256", "")
+
+    def features(self, videos, side="real"):
+        return self.detector(videos)
+
+    def options(self):
+        return {"name": "i3d"}
+
+
+def _as_sets(feature_sets) -> tuple[dict, bool]:
+    """(name -> feature set, whether a single detector was passed: then a single stats is returned)."""
+    if isinstance(feature_sets, dict):
+        return feature_sets, False
+    single = feature_sets if hasattr(feature_sets, "features") else _Callable(feature_sets)
+    return {"i3d": single}, True
+
+
+def select_real_clips(
+    spec: str | list[VideoSource], protocol: Protocol, *, split: str = "val", label_field: str = "label"
+) -> tuple[list[Clip], dict]:
+    """The protocol's real clips from `spec` (a path, or already opened sources), without decoding."""
+    if isinstance(spec, str):
+        kind, sources = open_sources(spec, split=split, label_field=label_field)
+    else:
+        kind, sources = "sources", spec
     clips, info = select_clips(
         sources,
         count=protocol.num_real,
@@ -77,69 +102,152 @@ def real_statistics(
         clip_start=protocol.clip_start,
         seed=protocol.seed,
         short="discard",
+        min_length=protocol.min_length,
+        when_fewer=protocol.when_fewer,
     )
-    info.update(source=str(spec), kind=kind, split=split if kind == "shards" else None)
-    key = cache_key(
-        real_clips_sha256=info["clips_sha256"], protocol=protocol.as_dict(), detector_sha256=detector.sha256
+    info.update(
+        source=str(spec) if kind != "sources" else None, kind=kind, split=split if kind == "shards" else None
     )
-    if cache is not None and extra is None:
-        cached = load_stats(cache, key)
+    return clips, info
+
+
+def real_transform(protocol: Protocol, size: tuple[int, int] | None):
+    """The per-clip transform of real frames: None (native size) or resize + centre crop to `size`."""
+    if protocol.real_resize == "native":
+        return None
+    if size is None:
+        raise ValueError(
+            f"real_resize='train' ({protocol.name}) needs the fakes' (training) size: pass --height/--width"
+        )
+    return functools.partial(resize_center_crop, size=tuple(size), conversion=protocol.uint8_conversion)
+
+
+def real_statistics(
+    spec: str | tuple[list[Clip], dict],
+    protocol: Protocol,
+    feature_sets: dict,
+    *,
+    split: str = "val",
+    batch_size: int = 8,
+    cache: str | None = None,
+    progress: bool = True,
+    resize_to: tuple[int, int] | None = None,
+) -> tuple[dict[str, GaussianStats], dict]:
+    """Statistics of the protocol's real clips for each feature set (name -> `features`).
+
+    `spec`: shards / video folder / frame folders, or the (clips, info) of `select_real_clips`.
+    With `cache` (a base path; one file per feature set, `cache_path`), a feature set whose file
+    was computed for the same clips, protocol, transform and detector file is read back (a
+    different one is an error); the others are computed (decoding the clips once) and written.
+    `resize_to`: the fakes' (H, W) when the protocol resizes real clips (`real_resize="train"`).
+    All ranks return the merged stats.
+    """
+    feature_sets, single = _as_sets(feature_sets)
+    clips, info = select_real_clips(spec, protocol, split=split) if isinstance(spec, str) else spec
+    info = dict(info)
+    transform = real_transform(protocol, resize_to)
+    transform_key = {
+        "real_resize": protocol.real_resize,
+        "size": list(resize_to) if transform is not None else None,
+        "conversion": protocol.uint8_conversion if transform is not None else None,
+    }
+    stats: dict[str, GaussianStats] = {}
+    keys, hits = {}, {}
+    for name, fs in feature_sets.items():
+        keys[name] = cache_key(
+            real_clips_sha256=info["clips_sha256"],
+            protocol=protocol.as_dict(),
+            detector_sha256=fs.sha256,
+            features={**fs.options(), **transform_key},
+        )
+        cached = load_stats(cache_path(cache, name), keys[name]) if cache is not None else None
+        hits[name] = cached is not None
         if cached is not None:
-            info.update(cache=str(cache), cache_hit=True, count=cached.count)
-            return cached, info
-    rank, _ = dist_info()
-    stats = _rank_share_stats(clips, detector, batch_size, "real clips", progress, extra)
-    if cache is not None and rank == 0:
-        save_stats(cache, stats, key)
-    info.update(cache=str(cache) if cache else None, cache_hit=False, count=stats.count)
-    return stats, info
-
-
-def _rank_share_stats(clips, detector, batch_size, desc, progress, extra) -> GaussianStats:
-    """Each rank featurises every world-th clip; the statistics are merged over ranks."""
-    rank, world = dist_info()
-    mine = clips[rank::world]
-    batches = iter_clip_batches(mine, batch_size)
-    return accumulate(
-        detector, batches, total=len(mine), desc=desc, progress=progress, extra=extra
-    ).all_gather()
+            stats[name] = cached
+    todo = {name: fs for name, fs in feature_sets.items() if name not in stats}
+    sizes: set = set()
+    if todo:
+        rank, world = dist_info()
+        mine = clips[rank::world]  # each rank featurises every world-th clip; merged over ranks
+        computed = _gather(
+            accumulate(
+                todo,
+                iter_clip_batches(mine, batch_size, transform=transform),
+                protocol=protocol,
+                side="real",
+                total=len(mine),
+                desc="real clips",
+                progress=progress,
+                sizes=sizes,
+            )
+        )
+        for name, st in computed.items():
+            stats[name] = st
+            if cache is not None and rank == 0:
+                save_stats(cache_path(cache, name), st, keys[name])
+    info.update(
+        cache={name: str(cache_path(cache, name)) for name in feature_sets} if cache else None,
+        cache_hit=hits,
+        count=next(iter(stats.values())).count if stats else len(clips),
+        sizes=sorted(list(s) for s in sizes) or None,
+        resize=transform_key,
+    )
+    return (stats["i3d"] if single else stats), info
 
 
 def fake_statistics_from_folder(
     spec: str,
     protocol: Protocol,
-    detector: FVDDetector,
+    feature_sets: dict,
     *,
     batch_size: int = 8,
     progress: bool = True,
     extra: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[GaussianStats, dict]:
-    """Statistics of the first `num_fake` generated videos (sorted names), first `num_frames` frames.
+) -> tuple[dict[str, GaussianStats], dict]:
+    """Statistics of `num_fake` generated videos, the first `num_frames` frames of each.
 
-    Fakes are never subsampled (a generator produces frames at its training rate) and a fake
-    shorter than `num_frames` is an error, not a silent skip.
+    Which videos: the first in sorted names, or a seeded random subset (`fake_selection`). Fakes
+    are never subsampled (a generator produces frames at its training rate) and a fake shorter
+    than `num_frames` is an error, not a silent skip.
     """
+    feature_sets, single = _as_sets(feature_sets)
     kind, sources = open_sources(spec)
     clips, info = select_clips(
         sources,
         count=protocol.num_fake,
         num_frames=protocol.num_frames,
         stride=1,
-        selection="first",
+        selection=protocol.fake_selection,
         clip_start="first",
-        seed=0,
+        seed=protocol.seed,
         short="error",
+        when_fewer=protocol.when_fewer,
         what="fake",
     )
-    stats = _rank_share_stats(clips, detector, batch_size, "fake clips", progress, extra)
-    info.update(source=str(spec), kind=kind, count=stats.count)
-    return stats, info
+    rank, world = dist_info()
+    mine = clips[rank::world]
+    sizes: set = set()
+    stats = _gather(
+        accumulate(
+            feature_sets,
+            iter_clip_batches(mine, batch_size),
+            protocol=protocol,
+            side="fake",
+            total=len(mine),
+            desc="fake clips",
+            progress=progress,
+            extra=extra,
+            sizes=sizes,
+        )
+    )
+    info.update(source=str(spec), kind=kind, count=len(clips), sizes=sorted(list(s) for s in sizes) or None)
+    return (stats["i3d"] if single else stats), info
 
 
 def fake_statistics_from_generator(
     generate: Callable[..., torch.Tensor],
     protocol: Protocol,
-    detector: FVDDetector,
+    feature_sets: dict,
     *,
     height: int,
     width: int,
@@ -148,14 +256,16 @@ def fake_statistics_from_generator(
     progress: bool = True,
     extra: Callable[[torch.Tensor], None] | None = None,
     **generate_kwargs,
-) -> tuple[GaussianStats, dict]:
+) -> tuple[dict[str, GaussianStats], dict]:
     """Statistics of `num_fake` samples of `generate(n, num_frames=, height=, width=, seed=, batch_size=)`.
 
     Each rank generates its share (rank r: batches r, r + world, ...); sample i is seeded by
     (seed, i) (`generate(..., first_index=start)`), so the samples are the same whatever the number
-    of ranks and the batch size. Output in [-1, 1] is converted to uint8 the StyleGAN-V way before
-    the detector.
+    of ranks and the batch size. Output in [-1, 1] is converted to uint8 the protocol's way
+    (`uint8_conversion`) before the detectors.
     """
+    feature_sets, single = _as_sets(feature_sets)
+    conversion = getattr(protocol, "uint8_conversion", "round")
     rank, world = dist_info()
     n = protocol.num_fake
     starts = list(range(0, n, batch_size))[rank::world]
@@ -173,22 +283,34 @@ def fake_statistics_from_generator(
                 batch_size=b,
                 **generate_kwargs,
             )  # (b, 3, T, H, W) in [-1, 1]
-            yield to_uint8(video)
+            yield to_uint8(video, conversion)
 
     total = sum(min(batch_size, n - s) for s in starts)
-    stats = accumulate(
-        detector, batches(), total=total, desc="generated clips", progress=progress, extra=extra
-    ).all_gather()
+    stats = _gather(
+        accumulate(
+            feature_sets,
+            batches(),
+            protocol=protocol,
+            side="fake",
+            total=total,
+            desc="generated clips",
+            progress=progress,
+            extra=extra,
+        )
+    )
     info = {
         "kind": "generator",
-        "count": stats.count,
+        "count": n,
         "seed": seed,
+        "seeds": f"sample i is seeded by ({seed}, i), i = 0..{n - 1}, whatever the batch size and ranks",
         "height": height,
         "width": width,
+        "sizes": [[height, width]],
         "batch_size": batch_size,
+        "conversion": conversion,
         **{k: v for k, v in generate_kwargs.items() if v is not None},
     }
-    return stats, info
+    return (stats["i3d"] if single else stats), info
 
 
 def fvd_from_stats(real: GaussianStats, fake: GaussianStats, protocol: Protocol) -> float:

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from .i3d import I3D_SIZE, MIN_FRAMES, rescale_uint8
 
 DETECTORS = ("i3d_torchscript", "i3d_state_dict")
-SELECTIONS = ("first", "random")
+SELECTIONS = ("first", "random", "windows")
 CLIP_STARTS = ("first", "random")
+CONVERSIONS = ("round", "truncate")
+REAL_RESIZES = ("native", "train")
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,21 @@ class Protocol:
     num_fake: int = 2048
     num_frames: int = 16
     stride: int = 1  # temporal subsampling: frames start, start+stride, ...
-    real_selection: str = "first"  # which real videos: first N in sorted key order, or seeded random N
+    # which real clips: first N videos in sorted key order, a seeded random N videos, or a seeded
+    # random N of all (video, start) windows ("windows": TATS's shuffled VideoClips loader)
+    real_selection: str = "first"
     clip_start: str = "random"  # where each real clip starts inside its video: frame 0, or seeded random
+    min_length: str = (
+        "span"  # keep videos with >= (n-1)*s+1 frames ("span") or >= n*s ("n_times_stride", Latte)
+    )
+    when_fewer: str = "use_all"  # fewer usable real/fake clips than asked: "use_all" (StyleGAN-V) or "error"
+    fake_selection: str = "first"  # fake folders: first N sorted names, or a seeded random N
+    real_resize: str = "native"  # real clips as decoded, or resized + centre-cropped to the fakes' size
+    uint8_conversion: str = "round"  # float -> uint8 of fakes (and resized reals): x*127.5+128 or truncation
     seed: int = 0
     cov_divisor: str = "N"  # "N" (StyleGAN-V) or "N-1" (TF FVD, TATS)
     sqrtm: str = "scipy"  # "scipy" (scipy.linalg.sqrtm) or "eig" (eigenvalues, torchmetrics' way)
+    paper_split: str = "train"  # the split the reference measured its real statistics on
     reference: str = ""  # where the protocol comes from
 
     def __post_init__(self):
@@ -46,6 +58,11 @@ class Protocol:
             "detector": DETECTORS,
             "real_selection": SELECTIONS,
             "clip_start": CLIP_STARTS,
+            "min_length": ("span", "n_times_stride"),
+            "when_fewer": ("use_all", "error"),
+            "fake_selection": ("first", "random"),
+            "real_resize": REAL_RESIZES,
+            "uint8_conversion": CONVERSIONS,
             "cov_divisor": ("N", "N-1"),
             "sqrtm": ("scipy", "eig"),
         }
@@ -63,12 +80,18 @@ class Protocol:
 
     @property
     def span(self) -> int:
-        """Frames a source video must have to give one clip."""
+        """Frames from a clip's first to its last frame."""
         return (self.num_frames - 1) * self.stride + 1
+
+    @property
+    def min_video_frames(self) -> int:
+        """Frames a source video must have to be kept."""
+        return self.span if self.min_length == "span" else self.num_frames * self.stride
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["span"] = self.span
+        d["min_video_frames"] = self.min_video_frames
         d["input"] = (
             f"uint8 BCTHW, detector(x, rescale={self.rescale}, resize={self.resize}, return_features=True)"
             if self.detector == "i3d_torchscript"
@@ -90,29 +113,86 @@ PROTOCOLS = {
     for p in (
         Protocol(
             name="fvd2048_16f",
-            reference="StyleGAN-V src/metrics/frechet_video_distance.py (Skorokhodov et al. 2022); the de-facto "
-            "standard. Real: first 2048 videos in sorted order, one 16-frame clip each at a random offset, "
-            "short videos discarded. Fake: 2048 clips of 16 frames.",
+            reference="StyleGAN-V (Skorokhodov et al. 2022) src/metrics/frechet_video_distance.py + metric_utils.py; "
+            "the de-facto standard. Real: the first 2048 videos in dataset order (all of them when fewer), one "
+            "16-frame clip each at a random offset, short videos discarded. Fake: 2048 clips of 16 frames.",
         ),
         Protocol(
             name="fvd2048_16f_latte",
             real_selection="random",
             stride=3,
-            reference="Latte (Ma et al. 2024): StyleGAN-V's code with real clips subsampled every 3rd frame "
-            "and 2048 real videos drawn at random.",
+            min_length="n_times_stride",
+            fake_selection="random",
+            reference="Latte (Ma et al. 2024) tools/metrics/frechet_video_distance.py + metric_utils.py + "
+            "tools/utils/dataset.py: StyleGAN-V's code with real clips subsampled every 3rd frame from videos of "
+            "at least 16*3 = 48 frames, and 2048 real videos and 2048 fakes drawn at random.",
         ),
         Protocol(
             name="fvd_tats",
             detector="i3d_state_dict",
             rescale=False,
             resize=False,
+            real_selection="windows",
             clip_start="first",
+            fake_selection="random",
+            real_resize="train",
+            uint8_conversion="truncate",
             cov_divisor="N-1",
             sqrtm="eig",
-            reference="VideoGPT / TATS tats/fvd/fvd.py: InceptionI3d + i3d_pretrained_400.pt, bilinear straight "
-            "to 224x224, [-1, 1], covariance / (N-1) (TATS: float32 SVD square root; we use float64).",
+            reference="VideoGPT / TATS (Ge et al. 2022) scripts/sample_vqgan_transformer_short_videos.py, "
+            "tats/data.py, tats/fvd/fvd.py: real = the first 2048 clips of the shuffled *training* loader "
+            "(every 16-frame window of every video is a clip), resized and centre-cropped to the training "
+            "resolution, back to uint8 by truncation; fakes truncated too; InceptionI3d + i3d_pretrained_400.pt, "
+            "bilinear straight to 224x224, [-1, 1], covariance / (N-1) (TATS: float32 square root; we use float64).",
         ),
     )
+}
+
+# Where each preset's choices come from: repository, file, and the fact it states (facts only).
+SOURCES = {
+    "fvd2048_16f": {
+        "detector": "universome/stylegan-v src/metrics/frechet_video_distance.py: i3d_torchscript.pt called with "
+        "rescale=True, resize=True, return_features=True on uint8 BCTHW",
+        "real_selection": "universome/stylegan-v src/metrics/metric_utils.py compute_feature_stats_for_dataset: "
+        "num_items = min(len(dataset), max_items); item_subset = the first num_items indices (split over GPUs)",
+        "when_fewer": "same function: min(len(dataset), max_items) -> every video when fewer than 2048",
+        "clip_start": "stylegan-v dataset with load_n_consecutive and a random offset for real clips; fakes "
+        "from a generator (or a gen dataset with load_n_consecutive_random_offset=False: the first frames)",
+        "uint8_conversion": "metric_utils.py compute_feature_stats_for_generator: (img * 127.5 + 128).clamp(0, 255)"
+        ".to(torch.uint8)",
+        "cov_divisor": "metric_utils.py FeatureStats.get_mean_cov: covariance divided by N, float64; "
+        "frechet_video_distance.py: scipy.linalg.sqrtm",
+        "paper_split": "train: the dataset the metric is computed against is the training dataset (opts.dataset_kwargs)",
+    },
+    "fvd2048_16f_latte": {
+        "stride": "Vchitect/Latte tools/metrics/frechet_video_distance.py: compute_fvd(..., "
+        "realdata_subsample_factor=3, gendata_subsample_factor=1)",
+        "min_length": "Vchitect/Latte tools/utils/dataset.py VideoFramesFolderDataset: discard_short_videos keeps "
+        "videos with len(frames) >= load_n_consecutive * subsample_factor (16 * 3 = 48)",
+        "clip_start": "tools/utils/dataset.py __getitem__: random offset in [0, len - n*s + s - 1] (inclusive), "
+        "frames offset + arange(0, n*s, s); fakes (gen dataset): load_n_consecutive_random_offset=False",
+        "real_selection": "tools/metrics/metric_utils.py compute_feature_stats_for_dataset: item_subset = "
+        "random.sample(range(len(dataset)), num_items) ('randomly selected 2048 videos'), num_items = "
+        "min(len(dataset), max_items); the same function reads the generated videos, so fakes are random too",
+        "fake_selection": "same function, used for the generated set via rewrite_opts_for_gen_dataset",
+        "paper_split": "train: Latte's maintainers compute FVD against the training split (REFERENCES.md)",
+    },
+    "fvd_tats": {
+        "real_selection": "songweige/TATS scripts/sample_vqgan_transformer_short_videos.py: real embeddings from "
+        "VideoData(args).train_dataloader() until 2048 clips, then [:2048]; tats/data.py VideoDataset: "
+        "torchvision VideoClips(files, sequence_length) (every window is a clip), DataLoader shuffle=True",
+        "real_resize": "tats/data.py preprocess: x/255, scale the shorter side to `resolution` (other side "
+        "ceil(side * scale)), F.interpolate bilinear align_corners=False, centre crop at (size - resolution)//2, "
+        "minus 0.5",
+        "uint8_conversion": "sample script: real ((video + 0.5) * 255).byte() (truncation); fakes "
+        "(samples * 255).astype(np.uint8) with samples = clamp(x, -0.5, 0.5) + 0.5 (truncation)",
+        "fake_selection": "sample script: the generated set is permuted, np.random.permutation(n_total)[:n_sample]",
+        "detector": "tats/fvd/fvd.py: InceptionI3d(400) with i3d_pretrained_400.pt, bilinear to 224x224, "
+        "2x/255 - 1, covariance / (N-1)",
+        "labels": "sample script (--class_cond --compute_fvd): n_sample // n_classes + 1 samples per class, "
+        "then a random permutation keeps n_sample: uniform over classes (our --labels uniform)",
+        "paper_split": "train: train_dataloader() above",
+    },
 }
 
 
@@ -140,10 +220,18 @@ def check_uint8(videos: torch.Tensor, what: str = "videos") -> torch.Tensor:
     return videos
 
 
-def to_uint8(videos: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8, StyleGAN-V's rounding: (x * 127.5 + 128).clamp(0, 255)."""
+def to_uint8(videos: torch.Tensor, conversion: str = "round") -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8.
+
+    "round": StyleGAN-V's (x * 127.5 + 128).clamp(0, 255); "truncate": TATS's
+    ((x + 1) / 2 * 255) converted by truncation (numpy `astype(uint8)` of values in [0, 255]).
+    """
     if videos.dtype == torch.uint8:
         raise TypeError("videos are already uint8; to_uint8 expects float in [-1, 1]")
+    if conversion == "truncate":
+        return ((videos.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+    if conversion != "round":
+        raise ValueError(f"conversion must be one of {CONVERSIONS}, got {conversion!r}")
     return (videos.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
@@ -176,6 +264,7 @@ def preprocess_state_dict_input(videos: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "PROTOCOLS",
+    "SOURCES",
     "Protocol",
     "check_clip_length",
     "check_uint8",

@@ -17,7 +17,9 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
+import re
 import tarfile
 import zlib
 from collections import deque
@@ -41,6 +43,8 @@ class VideoSource:
     num_frames: int
     load: Callable[[list[int]], np.ndarray]  # frame indices -> uint8 (K, H, W, 3)
     size: int = 0  # bytes on disk, for the set fingerprint
+    label: int | None = None  # class label (shards: `.cls` member or the json's label field)
+    caption: str | None = None  # the shard's `.txt`
 
 
 @dataclass
@@ -53,7 +57,8 @@ class Clip:
 
 # ---------------------------------------------------------------- decoding
 def decode_frames(data: str | bytes, indices: list[int]) -> np.ndarray:
-    """Frames `indices` of a video (path or encoded bytes) -> uint8 (K, H, W, 3). decord, PyAV for GIF."""
+    """Frames `indices` of a video (path or encoded bytes) -> uint8 (K, H, W, 3). decord; PyAV for GIF
+    and where decord fails (it cannot copy out frames of some widths, e.g. 24 or 48 pixels)."""
     is_gif = (isinstance(data, str) and data.lower().endswith(".gif")) or (
         isinstance(data, bytes) and data[:4] == b"GIF8"
     )
@@ -61,7 +66,12 @@ def decode_frames(data: str | bytes, indices: list[int]) -> np.ndarray:
         import decord
 
         reader = decord.VideoReader(data if isinstance(data, str) else io.BytesIO(data), ctx=decord.cpu(0))
-        return reader.get_batch(list(indices)).asnumpy()
+        try:
+            frames = reader.get_batch(list(indices)).asnumpy()
+        except decord.DECORDError:  # decord 0.6 fails on some frame widths (e.g. 24, 48: not a multiple of 32)
+            frames = None
+        if frames is not None and frames.shape[-1] == 3:
+            return frames
     return _decode_pyav(data, indices)
 
 
@@ -111,8 +121,12 @@ def shard_files(spec: str, split: str = "val") -> list[str]:
     return files
 
 
-def shard_sources(files: list[str]) -> list[VideoSource]:
-    """One source per shard sample, frame counts from its json (schema.REQUIRED_META['num_frames'])."""
+def shard_sources(files: list[str], *, label_field: str = "label") -> list[VideoSource]:
+    """One source per shard sample, frame counts from its json (schema.REQUIRED_META['num_frames']).
+
+    Label: the sample's `.cls` member, else its json's `label_field` (as the training datamodule
+    reads it); caption: its `.txt`.
+    """
     members: dict[str, dict] = {}
     for tar_path in files:
         with tarfile.open(tar_path) as tar:
@@ -124,15 +138,25 @@ def shard_sources(files: list[str]) -> list[VideoSource]:
                     entry["size"] = info.size
                 elif ext == schema.JSON:
                     entry["meta"] = json.loads(tar.extractfile(info).read())
+                elif ext == schema.TXT:
+                    entry["txt"] = tar.extractfile(info).read().decode("utf-8").strip()
+                elif ext == "cls":
+                    entry["cls"] = int(tar.extractfile(info).read().decode().strip())
     sources = []
     for key, entry in members.items():
         if "mp4" not in entry or "meta" not in entry:
             raise ValueError(
                 f"shard sample {key!r} in {entry['tar']} lacks its .mp4 or .json (see curation/schema.py)"
             )
+        label = entry.get("cls", entry["meta"].get(label_field))
         sources.append(
             VideoSource(
-                key, int(entry["meta"]["num_frames"]), _tar_loader(entry["tar"], entry["mp4"]), entry["size"]
+                key,
+                int(entry["meta"]["num_frames"]),
+                _tar_loader(entry["tar"], entry["mp4"]),
+                entry["size"],
+                label=None if label is None or int(label) < 0 else int(label),
+                caption=entry.get("txt"),
             )
         )
     return sorted(sources, key=lambda s: s.key)
@@ -161,11 +185,19 @@ def file_sources(folder: str) -> list[VideoSource]:
     ]
 
 
+def natural_key(name: str) -> list:
+    """Sort key reading digit runs as numbers: frame 2 before frame 10 ("2.png" < "10.png")."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def frame_folder_sources(folder: str) -> list[VideoSource]:
-    """Each subfolder of image files is one video (frames in sorted file-name order)."""
+    """Each subfolder of image files is one video, frames in natural file-name order (zero-padded
+    names sort as plain sorting would; unpadded 0.png .. 10.png are not taken as 0, 1, 10, 2, ...)."""
     sources = []
     for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
-        images = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        images = sorted(
+            (p for p in sub.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: natural_key(p.name)
+        )
         if images:
             sources.append(
                 VideoSource(
@@ -184,7 +216,9 @@ def _read_images(images: list[Path], indices: list[int]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(images[i]).convert("RGB")) for i in indices])
 
 
-def open_sources(spec: str, *, split: str = "val") -> tuple[str, list[VideoSource]]:
+def open_sources(
+    spec: str, *, split: str = "val", label_field: str = "label"
+) -> tuple[str, list[VideoSource]]:
     """(kind, sources) for a shard spec, a folder of videos or a folder of frame folders."""
     tars = (
         shard_files(spec, split)
@@ -192,7 +226,7 @@ def open_sources(spec: str, *, split: str = "val") -> tuple[str, list[VideoSourc
         else []
     )
     if tars:
-        return "shards", shard_sources(tars)
+        return "shards", shard_sources(tars, label_field=label_field)
     if not os.path.isdir(spec):
         raise FileNotFoundError(
             f"{spec!r} is neither shards (.tar, glob, folder of .tar) nor a folder of videos"
@@ -209,6 +243,14 @@ def open_sources(spec: str, *, split: str = "val") -> tuple[str, list[VideoSourc
 
 
 # ---------------------------------------------------------------- selection
+def min_video_frames(num_frames: int, stride: int, rule: str = "span") -> int:
+    """Frames a video needs to be kept: the clip's span (n - 1) * s + 1, or n * s (Latte's
+    `discard_short_videos` threshold, `len(frames) >= load_n_consecutive * subsample_factor`)."""
+    if rule not in ("span", "n_times_stride"):
+        raise ValueError(f"min_length rule must be 'span' or 'n_times_stride', got {rule!r}")
+    return (num_frames - 1) * stride + 1 if rule == "span" else num_frames * stride
+
+
 def select_clips(
     sources: list[VideoSource],
     *,
@@ -219,75 +261,137 @@ def select_clips(
     clip_start: str = "first",
     seed: int = 0,
     short: str = "discard",
+    min_length: str = "span",
+    when_fewer: str = "error",
     what: str = "real",
 ) -> tuple[list[Clip], dict]:
-    """Pick `count` clips of `num_frames` frames every `stride`, one per video, deterministically.
+    """Pick `count` clips of `num_frames` frames every `stride`, deterministically.
 
-    selection: videos in sorted key order ("first") or a seeded permutation ("random").
-    clip_start: frame 0 ("first") or a start drawn from (seed, key) ("random").
-    short: "discard" videos shorter than the span (StyleGAN-V), or "error".
+    selection: "first": one clip per video, videos in sorted key order; "random": one clip per
+    video, a seeded permutation of the videos; "windows": every start of every video is a
+    candidate clip (torchvision `VideoClips`, as TATS's loader), a seeded permutation of all of
+    them, so a long video can give several clips.
+    clip_start (first / random selections): frame 0, or a start drawn from (seed, key).
+    short: "discard" videos shorter than `min_length` frames (StyleGAN-V), or "error".
+    min_length: "span" ((n - 1) * s + 1 frames) or "n_times_stride" (n * s, Latte).
+    when_fewer: fewer usable clips than `count` is an "error", or "use_all" of them (StyleGAN-V
+    and Latte take min(len(dataset), max_items)); `info["used_all"]` records it.
     """
     span = (num_frames - 1) * stride + 1
+    need = min_video_frames(num_frames, stride, min_length)
     ordered = sorted(sources, key=lambda s: s.key)
-    short_ones = [s for s in ordered if s.num_frames < span]
+    short_ones = [s for s in ordered if s.num_frames < need]
     if short_ones and short == "error":
         s = short_ones[0]
         raise ValueError(
-            f"{what} clip {s.key!r} has {s.num_frames} frames but the protocol needs {span} "
+            f"{what} clip {s.key!r} has {s.num_frames} frames but the protocol needs {need} "
             f"({num_frames} frames, stride {stride}); {len(short_ones)} of {len(ordered)} {what} clips are too short"
         )
-    usable = [s for s in ordered if s.num_frames >= span]
-    if selection == "random":
-        usable = [usable[i] for i in np.random.RandomState(seed).permutation(len(usable))]
-    if len(usable) < count:
+    usable = [s for s in ordered if s.num_frames >= need]
+    if selection == "windows":
+        candidates = [(s, start) for s in usable for start in range(s.num_frames - span + 1)]
+        candidates = [candidates[i] for i in np.random.RandomState(seed).permutation(len(candidates))]
+    else:
+        if selection == "random":
+            usable = [usable[i] for i in np.random.RandomState(seed).permutation(len(usable))]
+        elif selection != "first":
+            raise ValueError(f"selection must be first, random or windows, got {selection!r}")
+        candidates = [(s, None) for s in usable]
+    unit = "clips" if selection == "windows" else "videos"
+    used_all = len(candidates) < count
+    if used_all and when_fewer != "use_all":
         raise ValueError(
-            f"only {len(usable)} {what} videos have at least {span} frames ({len(short_ones)} shorter ones discarded) "
-            f"but the protocol needs {count}; add data or use a custom protocol with a smaller count"
+            f"only {len(candidates)} {what} {unit} have at least {need} frames ({len(short_ones)} shorter ones "
+            f"discarded) but the protocol needs {count}; add data or use a custom protocol with a smaller count"
         )
     clips = []
-    for s in usable[:count]:
-        start = 0
-        if clip_start == "random":
-            start = int(
-                np.random.RandomState([seed, zlib.crc32(s.key.encode())]).randint(0, s.num_frames - span + 1)
-            )
+    for s, start in candidates[:count]:
+        if start is None:
+            start = 0
+            if clip_start == "random":
+                start = int(
+                    np.random.RandomState([seed, zlib.crc32(s.key.encode())]).randint(
+                        0, s.num_frames - span + 1
+                    )
+                )
         clips.append(Clip(s.key, start, list(range(start, start + span, stride)), s))
     info = {
         "available": len(ordered),
         "discarded_short": len(short_ones),
+        "min_frames": need,
+        "requested": count,
         "selected": len(clips),
+        "used_all": used_all,
         "selection": selection,
-        "clip_start": clip_start,
+        "clip_start": clip_start if selection != "windows" else "window",
         "seed": seed,
         "stride": stride,
         "frames": num_frames,
         "clips_sha256": hashlib.sha256(
-            "\n".join(
-                f"{c.key}:{c.start}:{s.size}" for c, s in zip(clips, [c.source for c in clips])
-            ).encode()
+            "\n".join(f"{c.key}:{c.start}:{c.source.size}" for c in clips).encode()
         ).hexdigest(),
         "first_keys": [c.key for c in clips[:5]],
     }
     return clips, info
 
 
-def iter_clip_batches(clips: list[Clip], batch_size: int, *, workers: int = 4) -> Iterator[torch.Tensor]:
+def resize_center_crop(frames: np.ndarray, size: tuple[int, int], *, conversion: str = "round") -> np.ndarray:
+    """uint8 (T, H, W, 3) -> uint8 (T, h, w, 3): scale so the frame covers (h, w), then centre crop.
+
+    The float arithmetic of VideoGPT/TATS `preprocess` (tats/data.py): x / 255, bilinear
+    (align_corners=False, no antialias) to the covering size — the side that sets the scale gets
+    exactly its target, the other ceil(side * scale) — crop starting at (extra // 2), minus 0.5;
+    back to uint8 as ((x + 0.5) * 255) truncated (`.byte()`, "truncate") or rounded ("round").
+    For a square target this is TATS's "shorter side to resolution, centre crop".
+    """
+    import torch.nn.functional as F
+
+    th, tw = size
+    _, h, w, _ = frames.shape
+    if (h, w) == (th, tw) and conversion == "round":
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
+    if th / h >= tw / w:  # height sets the scale
+        target = (th, max(tw, math.ceil(w * th / h)))
+    else:
+        target = (max(th, math.ceil(h * tw / w)), tw)
+    x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+    top, left = (target[0] - th) // 2, (target[1] - tw) // 2
+    x = x[:, :, top : top + th, left : left + tw] - 0.5
+    x = (x + 0.5) * 255
+    x = x.to(torch.uint8) if conversion == "truncate" else x.round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def iter_clip_batches(
+    clips: list[Clip],
+    batch_size: int,
+    *,
+    workers: int = 4,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Iterator[torch.Tensor]:
     """uint8 (B, 3, T, H, W) batches in clip order; a batch ends early where the frame size changes.
 
     Clips are decoded by `workers` threads (decord and PyAV release the GIL) with a bounded
-    look-ahead of two batches, so memory stays flat however many clips there are.
+    look-ahead of two batches, so memory stays flat however many clips there are. `transform`
+    (uint8 (T, H, W, 3) -> uint8 (T, h, w, 3), e.g. `resize_center_crop`) runs in the threads.
     """
+
+    def load(clip: Clip) -> np.ndarray:
+        frames = clip.source.load(clip.indices)
+        return frames if transform is None else transform(frames)
+
     batch: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
         todo = iter(clips)
         for clip in itertools.islice(todo, 2 * batch_size):
-            pending.append(pool.submit(clip.source.load, clip.indices))
+            pending.append(pool.submit(load, clip))
         while pending:
             frames = pending.popleft().result()  # (T, H, W, 3)
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(nxt.source.load, nxt.indices))
+                pending.append(pool.submit(load, nxt))
             if batch and (frames.shape != batch[0].shape or len(batch) == batch_size):
                 yield _to_bcthw(batch)
                 batch = []
