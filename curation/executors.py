@@ -103,6 +103,7 @@ def _serve(fn: Callable, conn) -> None:
     """A worker process: say ready, then run tasks from `conn` until it closes."""
     import pickle
 
+    _die_with_parent()
     conn.send(("ready", None))
     while True:
         try:
@@ -117,6 +118,18 @@ def _serve(fn: Callable, conn) -> None:
             conn.send(msg)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             conn.send(("failed", f"result not picklable: {e}"))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the driver dies (even by SIGKILL), so a worker
+    stuck in a hung decoder never outlives its run."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class _Processes:
@@ -186,8 +199,9 @@ class _Processes:
     def close(self) -> None:
         for i in self.slots:
             self.conns[i].close()  # EOF: the worker returns
-        for i in self.slots:
-            self.procs[i].join(timeout=10)
+        deadline = time.monotonic() + 5  # idle workers exit at once; a busy one (the run was
+        for i in self.slots:  # interrupted) is killed
+            self.procs[i].join(timeout=max(0.0, deadline - time.monotonic()))
             if self.procs[i].is_alive():
                 self.procs[i].kill()
                 self.procs[i].join()
@@ -341,10 +355,12 @@ def run_ray(
     local Ray instance; `workers` actors (0 = one per CPU Ray reports). Every node must see the
     task's paths at the same place (a shared filesystem): actors read sources and write OUT."""
     ray = _import_ray()
+    if hasattr(tasks, "__len__") and len(tasks) == 0:
+        return
     with session("ray", address=address, num_cpus=num_cpus):
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         if hasattr(tasks, "__len__"):
-            n = min(n, max(1, len(tasks)))
+            n = min(n, len(tasks))
         pool = _Actors(ray, fn, n)
         try:
             yield from _schedule(pool, tasks, timeout_s=timeout_s, retries=retries, on_error=on_crash)

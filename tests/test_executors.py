@@ -123,3 +123,45 @@ def test_ray_actors_order_timeout_retry_and_failures(tmp_path):
     assert sorted(_ray(_crash_once, [(i, str(tmp_path)) for i in range(4)])) == [0, 1, 2, 3]
     errors = [r for r in _ray(_raises_on_2, [0, 1, 2, 3]) if isinstance(r, tuple)]
     assert len(errors) == 1 and errors[0][1] == 2 and "bad input 2" in errors[0][2]
+
+
+def _pid_then_sleep(task):
+    """task = (i, dir): write this worker's pid to dir/<i>.pid, then hang."""
+    i, where = task
+    (Path(where) / f"{i}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+    return i
+
+
+def test_workers_do_not_outlive_a_killed_driver(tmp_path):
+    import subprocess
+
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_executors import _pid_then_sleep, _err; from curation.executors import run_local; "
+        f"list(run_local(_pid_then_sleep, [(0, {str(tmp_path)!r}), (1, {str(tmp_path)!r})], workers=2, on_crash=_err))"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(600):
+            if len(list(tmp_path.glob("*.pid"))) == 2:
+                break
+            time.sleep(0.1)
+        pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        assert len(pids) == 2, "the workers never started"
+    finally:
+        driver.kill()  # SIGKILL: no cleanup code runs in the driver
+        driver.wait()
+    for _ in range(100):
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their driver"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
