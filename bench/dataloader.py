@@ -2,14 +2,16 @@
 
     python bench/dataloader.py [--clips 64] [--mixed 400] [--workers 2] [--out bench/results/dataloader.json]
 
-1. loader_vs_decode: throughput of `VideoShardsDataModule` (``--workers`` loader processes: tar
-   parsing, json, frame planning, decord decode, crop, collation, worker IPC, scaling to [-1, 1]
-   in the loader) over bare decord decoding the same mp4 bytes (same frames, same decoder-side
-   resize) in a pool of as many processes; 360p sources -> 16 x 256 x 256 clips. 1.0 = the loader
-   adds nothing to decoding; goal >= 0.8. The metric counts clips per CPU-second (main process +
-   reaped workers), because wall time on a shared machine swings several-fold between runs; the
-   wall-clock ratio of back-to-back runs and the ratio with scaling left to the device (what a
-   trainer on an accelerator runs) are printed and stored in "details".
+1. loader_vs_decode: throughput of `VideoShardsDataModule` with the training defaults
+   (``--workers`` persistent loader processes: tar parsing, json, frame planning, decord decode,
+   crop, collation, worker IPC; uint8 batches, scaled to [-1, 1] after the transfer as a trainer
+   does) over bare decord decoding the same mp4 bytes (same frames, same decoder-side resize) in a
+   warm pool of as many processes that hands nothing on; 360p sources -> 16 x 256 x 256 clips.
+   1.0 = the loader adds nothing to decoding; goal >= 0.85. The metric counts clips per
+   CPU-second (main process + worker processes, from /proc), because wall time on a shared machine
+   swings several-fold between runs; the wall-clock ratio, clips/s per worker, the ratio with
+   scaling in the main process (evaluation loaders, CPU training) and the first epoch's ratio
+   (worker start-up included) are printed and stored in "details".
 2. Token utilisation (real tokens / tokens paid for) on one corpus of mixed aspect ratios and
    durations under the same per-batch token budget:
    - padding_utilization: every clip padded to the corpus' largest (T, H, W) (the baseline a
@@ -29,7 +31,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.buffers import release  # noqa: E402
 from datamodules.decode import decode_video  # noqa: E402
 from datamodules.packing import TokenGrid  # noqa: E402
 from datamodules.synthetic import clip_meta, encode_mp4, make_video, write_shards  # noqa: E402
@@ -62,80 +64,113 @@ def write_corpus(root: Path, shapes: list[tuple[int, int, int]], *, crf: int, pr
     return samples
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of live processes (/proc), for workers that are never reaped."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 @contextlib.contextmanager
-def _clock(wall: list, cpu: list):
-    """Append the wall time and the CPU time (this process + reaped children) of the block."""
-    r0, c0, t0 = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-        time.perf_counter(),
-    )
+def _clock(wall: list, cpu: list, pids: list[int]):
+    """Append the wall time and the CPU time (this process + `pids`) of the block."""
+    c0, t0 = _cpu_seconds([os.getpid(), *pids]), time.perf_counter()
     yield
-    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     wall.append(time.perf_counter() - t0)
-    cpu.append(sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in ((r0, r1), (c0, c1))))
+    cpu.append(_cpu_seconds([os.getpid(), *pids]) - c0)
 
 
 def _decode_job(args):
     data, idx, size = args
-    os.environ["OMP_NUM_THREADS"] = "1"
     return decode_video(data, idx, size=size).shape[0]
 
 
+def _drain(loader) -> int:
+    """Clips in one epoch; each batch is handed on as a trainer does: scaled in the iterator (host
+    scaling) or, with the training defaults, released once 'transferred' (buffers.release: what
+    `on_after_batch_transfer` does after the copy to the accelerator, minus the scaling done there)."""
+    n = 0
+    for b in loader:
+        release(b)
+        n += len(b["meta"])
+    return n
+
+
+def _worker_pids(loader) -> list[int]:
+    return [w.pid for w in loader._iterator._workers]  # the persistent workers of the last pass
+
+
 def loader_vs_decode(root: Path, *, clips: int, workers: int, repeats: int = 5) -> dict:
-    """360p sources (the smallest curated resolution in Open-Sora's pipeline) -> 16 x 256 x 256."""
+    """360p sources (the smallest curated resolution in Open-Sora's pipeline) -> 16 x 256 x 256.
+
+    Both sides run warm (a pool / persistent loader workers already started, as in every epoch of
+    a run but the first) and are timed back to back. The loader runs with the training defaults: a
+    trainer takes uint8 batches and scales them after the transfer (on the accelerator), so the
+    loader's own work ends at the batch; the variant that scales in the main process (what
+    evaluation loaders and CPU training pay) and the cold first epoch (worker start-up) are printed
+    and stored too."""
     t, h, w, frames, stride, side = 40, 360, 640, 16, 2, 256
     samples = write_corpus(root, [(t, h, w)] * clips, crf=23, prefix="speed")
     kw = dict(train_shards=str(root / "speed-*.tar"), num_frames=frames, height=side, width=side, frame_stride=stride,
               batch_size=4, num_workers=workers, batches_per_epoch=clips // 4, shuffle_buffer=16,
               latent_downsample=(1, 8, 8))  # fmt: skip
     # the baseline decodes exactly what the loader decodes: same frames, same decoder-side resize
-    dm = VideoShardsDataModule(**kw)
+    dm = VideoShardsDataModule(**{**kw, "persistent_workers": False})
     metas = [m for b in dm.train_dataloader() for m in b["meta"]]
     by_key = {s["__key__"]: s["mp4"] for s in samples}
     cover = cover_size(h, w, side, side)
     jobs = [(by_key[m["key"]], m["frame_indices"], cover) for m in metas]
-    wall = {"loader": [], "decode": [], "device": []}
-    cpu = {"loader": [], "decode": [], "device": []}
+    runs = ("decode", "loader", "host_scaling", "cold")
+    wall: dict[str, list] = {k: [] for k in runs}
+    cpu: dict[str, list] = {k: [] for k in runs}
     ctx = mp.get_context("fork")
-    for _ in range(repeats):  # back to back, so each pair sees the same load on a shared machine
-        pool = ctx.Pool(workers)
-        pool.map(_decode_job, jobs[:workers])  # warm the pool
-        with _clock(wall["decode"], cpu["decode"]):
+    pool = ctx.Pool(workers)
+    pool.map(_decode_job, jobs[:workers])  # warm the pool
+    pool_pids = [p.pid for p in pool._pool]
+    loaders = {}
+    for name, on_device in (("loader", True), ("host_scaling", False)):
+        loaders[name] = VideoShardsDataModule(**kw).train_dataloader()
+        loaders[name].normalize_on_device = on_device
+    for i in range(repeats):  # back to back, so each pair sees the same load on a shared machine
+        with _clock(wall["decode"], cpu["decode"], pool_pids):
             pool.map(_decode_job, jobs, chunksize=1)
-            pool.close()
-            pool.join()  # reaped, so the workers' CPU time is counted
-        dm = VideoShardsDataModule(**kw)
-        loader = dm.train_dataloader()
-        with _clock(wall["loader"], cpu["loader"]):  # worker start-up counted, as a real epoch pays it
-            n = sum(len(b["meta"]) for b in loader)  # workers exit (and are reaped) at the end
-        assert n == len(jobs), (n, len(jobs))
-        # what a trainer on an accelerator runs: uint8 batches, scaled to [-1, 1] on the device
-        loader = VideoShardsDataModule(**kw).train_dataloader()
-        loader.normalize_on_device = True
-        with _clock(wall["device"], cpu["device"]):
-            sum(len(b["meta"]) for b in loader)
-    device_ratio = float(np.median([d / lo for d, lo in zip(cpu["decode"], cpu["device"])]))
-    wall_ratio = float(np.median([d / lo for d, lo in zip(wall["decode"], wall["loader"])]))
-    cpu_ratio = float(np.median([d / lo for d, lo in zip(cpu["decode"], cpu["loader"])]))
-    med = {
-        k: float(np.median(v))
-        for k, v in (
-            ("lw", wall["loader"]),
-            ("dw", wall["decode"]),
-            ("lc", cpu["loader"]),
-            ("dc", cpu["decode"]),
-        )
-    }
+        for name, loader in loaders.items():
+            if i == 0:  # the first epoch starts the persistent workers
+                t0, c0 = time.perf_counter(), _cpu_seconds([os.getpid()])
+                n = _drain(loader)
+                if name == "loader":
+                    wall["cold"].append(time.perf_counter() - t0)
+                    cpu["cold"].append(_cpu_seconds([os.getpid(), *_worker_pids(loader)]) - c0)
+            with _clock(wall[name], cpu[name], _worker_pids(loader)):
+                n = _drain(loader)
+            assert n == len(jobs), (n, len(jobs))
+    pool.close()
+    pool.join()
+
+    def ratio(clock: dict, name: str) -> float:
+        return float(np.median([d / lo for d, lo in zip(clock["decode"], clock[name])]))
+
+    cpu_ratio, wall_ratio, host_ratio = (
+        ratio(cpu, "loader"),
+        ratio(wall, "loader"),
+        ratio(cpu, "host_scaling"),
+    )
+    cold_ratio = float(np.median(cpu["decode"]) / cpu["cold"][0])
+    ms = {k: 1000 * float(np.median(v)) / len(jobs) for k, v in cpu.items()}
+    per_s = {k: len(jobs) / float(np.median(v)) for k, v in wall.items()}
     print(f"{len(jobs)} clips of {frames}x{side}x{side} from {h}x{w}, {workers} processes each, median of {repeats} pairs:\n"
-          f"  wall: loader {len(jobs) / med['lw']:.1f} clips/s, bare decord {len(jobs) / med['dw']:.1f} clips/s, ratio {wall_ratio:.3f}\n"
-          f"  CPU:  loader {1000 * med['lc'] / len(jobs):.1f} ms/clip, bare decord {1000 * med['dc'] / len(jobs):.1f} ms/clip, "
-          f"ratio {cpu_ratio:.3f}  (clips per CPU-second, ours / decode)\n"
-          f"  CPU, scaling to [-1, 1] left to the device (trainer on an accelerator): ratio {device_ratio:.3f}")  # fmt: skip
-    loader_cps, decode_cps = len(jobs) / med["lw"], len(jobs) / med["dw"]
-    return {"loader_clips_per_s": loader_cps, "decode_clips_per_s": decode_cps, "wall_ratio": wall_ratio,
-            "cpu_ratio": cpu_ratio, "cpu_ratio_device_scaling": device_ratio, "loader_cpu_ms_per_clip": 1000 * med["lc"] / len(jobs),
-            "decode_cpu_ms_per_clip": 1000 * med["dc"] / len(jobs)}  # fmt: skip
+          f"  CPU:  loader {ms['loader']:.1f} ms/clip, bare decord {ms['decode']:.1f} ms/clip, "
+          f"ratio {cpu_ratio:.3f}  (clips per CPU-second, ours / decode; training defaults)\n"
+          f"  wall: loader {per_s['loader']:.1f} clips/s ({per_s['loader'] / workers:.1f} per worker), bare decord "
+          f"{per_s['decode']:.1f} clips/s, ratio {wall_ratio:.3f}\n"
+          f"  CPU, scaling to [-1, 1] in the main process (evaluation loaders, CPU training): ratio {host_ratio:.3f}\n"
+          f"  CPU, first epoch with worker start-up: ratio {cold_ratio:.3f}")  # fmt: skip
+    return {"loader_clips_per_s": per_s["loader"], "decode_clips_per_s": per_s["decode"],
+            "loader_clips_per_s_per_worker": per_s["loader"] / workers, "wall_ratio": wall_ratio,
+            "cpu_ratio": cpu_ratio, "cpu_ratio_host_scaling": host_ratio, "cpu_ratio_first_epoch": cold_ratio,
+            "loader_cpu_ms_per_clip": ms["loader"], "decode_cpu_ms_per_clip": ms["decode"]}  # fmt: skip
 
 
 def mixed_shapes(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -201,7 +236,7 @@ def main(argv=None) -> dict:
         commit = None
     result = {
         "metrics": {
-            "loader_vs_decode": {"value": speed["cpu_ratio"], "goal": 0.8, "higher_is_better": True},
+            "loader_vs_decode": {"value": speed["cpu_ratio"], "goal": 0.85, "higher_is_better": True},
             "padding_utilization": {"value": util["padding"], "goal": None, "higher_is_better": True},
             "bucketing_utilization": {"value": util["bucketing"], "goal": None, "higher_is_better": True},
             "packing_utilization": {"value": util["packing"], "goal": 0.97, "higher_is_better": True},
@@ -211,8 +246,9 @@ def main(argv=None) -> dict:
             "workers": a.workers,
             "mixed_clips": a.mixed,
             "tokens_per_batch": a.budget,
-            "loader_vs_decode": "clips per CPU-second (main + worker processes) of the datamodule over bare decord "
-            "in a process pool, median of back-to-back pairs; wall_ratio is the same in wall-clock time",
+            "loader_vs_decode": "clips per CPU-second (main + worker processes) of the datamodule (training "
+            "defaults: persistent workers, uint8 batches scaled after transfer) over bare decord in a warm process "
+            "pool of as many processes, median of back-to-back pairs; wall_ratio is the same in wall-clock time",
         },
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "commit": commit,

@@ -36,12 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from curation.captions import CaptionWeightsError
     from curation.pipeline import ConfigChanged, run
 
+    usage_errors: tuple = (ConfigChanged, FileNotFoundError)
+    if cfg.caption.enabled:  # torch is imported only when captions are made
+        from curation.captions import CaptionWeightsError
+
+        usage_errors += (CaptionWeightsError,)
     try:
         rep = run(cfg)
-    except (CaptionWeightsError, ConfigChanged, FileNotFoundError) as e:
+    except usage_errors as e:
         print(f"curation: {e}", file=sys.stderr)
         return 2
     failures = rep.get("failures", [])

@@ -6,12 +6,16 @@ Every decoded frame is
       PySceneDetect's detectors through their `process_frame(timecode, frame)` API, with the same
       PTS-based timecodes its PyAV backend builds, so our cut list equals `scenedetect.detect(...,
       backend="pyav")` for the same detector and parameters;
-  (b) reduced to a small grayscale frame for frame differences (every frame) and Farneback
-      optical flow on consecutive pairs at `analysis.flow_fps`;
+  (b) reduced to a small grayscale frame for frame differences, mean luma and the linearity of
+      every 3-frames-apart triple (gradual transitions, curation/scenes.py) on every frame, a tiny
+      thumbnail per frame, and Farneback optical flow plus the global shift on consecutive pairs at
+      `analysis.flow_fps`;
   (c) kept (JPEG in memory, at `analysis.keep_fps`) for CLIP, thumbnails and perceptual hashes.
 
 Frame indices are decode order (0-based); `iter_frames` is shared with extraction so the two
-passes agree on them even when corrupt packets are skipped.
+passes agree on them even when corrupt packets are skipped. Every frame's presentation time is
+kept (`Analysis.times`): durations and motion per second come from true timestamps, so
+variable-frame-rate sources are timed right.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
 
 from curation.config import AnalysisConfig
+
+LINEAR_K = 3  # linearity triples are (c - LINEAR_K, c, c + LINEAR_K): see curation/scenes.py
+MIN_RESPONSE = 0.3  # phase-correlation peaks weaker than this give no per-frame shift (NaN)
+TINY_SIDE = 16  # short side of the per-frame thumbnails kept for transition checks
 
 DETECTORS = {
     "content": sd_detectors.ContentDetector,
@@ -151,6 +159,12 @@ class Analysis:
     flow_index: np.ndarray  # (M,) int: flow sample i measures frames (i-1, i)
     flow_mag: np.ndarray  # (M,) float32 mean Farneback flow magnitude, frame diagonals per second
     shift_mag: np.ndarray  # (M,) float32 global shift (phase correlation), frame diagonals per second
+    lin_ratio: np.ndarray = None  # (N,) |g_c - (g_c-k + g_c+k) / 2| / |g_c+k - g_c-k| (NaN near the ends)
+    lin_diff: np.ndarray = None  # (N,) mean |g_c+k - g_c-k|, k = scenes.LINEAR_K
+    tiny: np.ndarray = None  # (N, h, w) uint8 grayscale thumbnails, short side TINY_SIDE
+    times: np.ndarray = None  # (N + 1,) float64 seconds: each frame's start from the first, then the end
+    shift_dx: np.ndarray = None  # (N,) float32 signed global shift from frame i-1 to i, diagonals/s
+    shift_dy: np.ndarray = None  # (NaN for frame 0 and where phase correlation found no clear peak)
     kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
     frame_pts: list = field(default_factory=list)  # raw pts of every frame index (None if absent)
     corrupt_packets: int = 0
@@ -186,6 +200,8 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     next_keep = 0.0
     stats = DecodeStats()
     diffs, luma, flow_index, flow_mag, shift_mag, kept, frame_pts = [], [], [], [], [], {}, []
+    shift_dx, shift_dy, times, tiny, recent = {}, {}, [], [], []
+    lin_ratio, lin_diff = {}, {}  # centre frame index -> linearity of its triple
     cuts, pts_to_index = [], {}
     prev_gray = None
     det_wh = small_wh = None
@@ -193,6 +209,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
         frame_pts.append(d.frame.pts)
+        times.append(float(d.timecode.seconds))
         if det_wh is None:
             w, h = d.frame.width, d.frame.height
             det_wh = detector_size(w, h, cfg.min_width)
@@ -203,9 +220,14 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
             keep_wh = even_size(*small_size(w, h, cfg.keep_short_side))
             diag = math.hypot(*small_wh)
             window = cv2.createHanningWindow(small_wh, cv2.CV_32F)
+            s = TINY_SIDE / min(small_wh)
+            tiny_wh = (max(2, round(small_wh[0] * s)), max(2, round(small_wh[1] * s)))
         if (d.frame.width, d.frame.height) != (w, h):  # size changed mid-stream (corrupt): scenedetect
             diffs.append(0.0)  # skips such frames; we keep the index aligned and feed no detector
             luma.append(luma[-1] if luma else 0.0)
+            tiny.append(tiny[-1] if tiny else np.zeros(tiny_wh[::-1], np.uint8))
+            if (lin := _linearity(recent, None)) is not None:
+                lin_ratio[d.index - LINEAR_K], lin_diff[d.index - LINEAR_K] = lin
             continue
         if cfg.scaler == "scenedetect" or det_wh == (w, h):
             bgr = d.frame.to_ndarray(format="bgr24")  # (H, W, 3) exactly as scenedetect's PyAV backend
@@ -222,15 +244,30 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         )  # (h, w) uint8
         luma.append(cv2.mean(gray)[0])
         diffs.append(0.0 if prev_gray is None else cv2.norm(gray, prev_gray, cv2.NORM_L1) / gray.size)
-        if prev_gray is not None and flow_every and d.index % flow_every == 0:
-            flow = cv2.calcOpticalFlowFarneback(prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (h, w, 2)
-            mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
-            flow_index.append(d.index)
-            flow_mag.append(mag / diag * fps)  # frame diagonals per second: resolution-independent
-            # Farneback underestimates large or low-texture displacements (camera shake, smooth
-            # pans); the global translation from phase correlation catches those, cheaply.
-            (dx, dy), _ = cv2.phaseCorrelate(prev_gray.astype(np.float32), gray.astype(np.float32), window)
-            shift_mag.append(math.hypot(dx, dy) / diag * fps)
+        tiny.append(cv2.resize(gray, tiny_wh, interpolation=cv2.INTER_AREA))
+        gray_f = gray.astype(np.float32)
+        if (lin := _linearity(recent, gray_f)) is not None:
+            lin_ratio[d.index - LINEAR_K], lin_diff[d.index - LINEAR_K] = lin
+        if prev_gray is not None:
+            # per second from the true time between the two frames (variable frame rates)
+            rate = 1.0 / dt if (dt := times[-1] - times[-2]) > 0 else fps
+            # the global translation by phase correlation, on every pair (~0.1 ms): its direction
+            # reversals are camera shake (curation/motion.py); Farneback underestimates large or
+            # low-texture displacements (shake, smooth pans), which this catches, cheaply
+            prev_f = (
+                recent[-2] if len(recent) > 1 and recent[-2] is not None else prev_gray.astype(np.float32)
+            )
+            (dx, dy), response = cv2.phaseCorrelate(prev_f, gray_f, window)
+            if response >= MIN_RESPONSE:  # else no clear peak (a cut, a periodic texture): unknown
+                shift_dx[d.index], shift_dy[d.index] = dx / diag * rate, dy / diag * rate
+            if flow_every and d.index % flow_every == 0:
+                flow = cv2.calcOpticalFlowFarneback(
+                    prev_gray, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0
+                )  # (h, w, 2)
+                mag = float(np.sqrt((flow * flow).sum(-1)).mean())  # px per frame at small size
+                flow_index.append(d.index)
+                flow_mag.append(mag / diag * rate)  # frame diagonals per second: resolution-independent
+                shift_mag.append(math.hypot(dx, dy) / diag * rate)
         if keep_every and d.index >= next_keep - 1e-6:
             next_keep += keep_every
             rgb = scale_frame(keeper, d.frame, keep_wh, cv2.COLOR_YUV2RGB_I420)  # (h, w, 3)
@@ -250,11 +287,57 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         flow_index=np.asarray(flow_index, np.int64),
         flow_mag=np.asarray(flow_mag, np.float32),
         shift_mag=np.asarray(shift_mag, np.float32),
+        shift_dx=_dense(shift_dx, n, math.nan),
+        shift_dy=_dense(shift_dy, n, math.nan),
+        lin_ratio=_dense(lin_ratio, n, math.nan),
+        lin_diff=_dense(lin_diff, n, 0.0),
+        tiny=np.stack(tiny) if tiny else np.zeros((0, 2, 2), np.uint8),
+        times=_frame_times(times, fps),
         kept=kept,
         frame_pts=frame_pts,
         corrupt_packets=stats.corrupt_packets,
         detector_size=det_wh or (0, 0),
     )
+
+
+def _linearity(recent: list, gray: np.ndarray | None) -> tuple[float, float] | None:
+    """Push `gray` (float32; None: a skipped frame) into `recent`, the last 2k + 1 frames, and return
+    (ratio, diff) of the triple centred k frames back (see Analysis.lin_ratio), once there is one."""
+    k = LINEAR_K
+    recent.append(gray)
+    if len(recent) > 2 * k + 1:
+        del recent[0]
+    if len(recent) < 2 * k + 1:
+        return None
+    a, m, b = recent[0], recent[k], recent[-1]
+    if a is None or m is None or b is None:
+        return math.nan, 0.0
+    span = cv2.norm(b, a, cv2.NORM_L1) / a.size
+    off = cv2.norm(m, cv2.addWeighted(a, 0.5, b, 0.5, 0.0), cv2.NORM_L1) / a.size
+    return (off / span if span > 0 else math.nan), span
+
+
+def _dense(values: dict, n: int, fill: float) -> np.ndarray:
+    out = np.full(n, fill, np.float32)
+    for i, v in values.items():
+        out[i] = v
+    return out
+
+
+def _frame_times(times: list, fps: float) -> np.ndarray:
+    """(N + 1,) seconds from the first frame: each frame's start, then the last frame's end (its
+    duration taken as the interval before it). Frames without a usable pts are placed one
+    nominal interval after the previous frame."""
+    t = np.asarray(times, np.float64)
+    if t.size == 0:
+        return np.zeros(1)
+    bad = ~np.isfinite(t)
+    bad[1:] |= t[1:] <= t[:-1]  # missing or non-increasing (corrupt) timestamps
+    for i in np.flatnonzero(bad):
+        t[i] = t[i - 1] + 1.0 / fps if i else 0.0
+    t -= t[0]
+    step = float(t[-1] - t[-2]) if t.size > 1 else 1.0 / fps
+    return np.append(t, t[-1] + step)
 
 
 def _to_index(tc: FrameTimecode, pts_to_index: dict, fps: float) -> int:

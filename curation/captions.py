@@ -23,6 +23,7 @@ Random weights (a checkpoint whose ``logit_scale`` still holds open_clip's initi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -30,7 +31,6 @@ import os
 import re
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -38,7 +38,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import yaml
-from einops import rearrange
+
+from curation.config import CaptionConfig  # the schema lives with the others (no torch there)
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 # open_clip initialises logit_scale to log(1 / 0.07) (CLIP) or log(10) (SigLIP); training moves it
@@ -47,37 +48,6 @@ _INIT_LOGIT_SCALES = (math.log(1 / 0.07), math.log(10.0))
 _SLOTS = ("subject", "action", "scene", "camera")
 _TEXT_CACHE_SIZE = 50_000  # text embeddings kept per Captioner (about 100 MB at D = 512)
 _VOCAB_LISTS = {"subject": "subjects", "action": "actions", "scene": "scenes", "camera": "camera"}
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})  # `python -m curation --help` prints it
-
-
-@dataclass
-class CaptionConfig:
-    """CLIP recaptioning options (``caption.*`` on the curation command line)."""
-
-    enabled: bool = _f(True, "CLIP captions and embeddings; false = keep source captions, phash dedup")
-    model: str = _f(
-        "ViT-B-32",
-        "open_clip architecture name, or path/to/model_config.json, or hf-hub:org/repo, or local-dir:/path",
-    )
-    pretrained: str = _f(
-        "laion2b_s34b_b79k",
-        "open_clip pretrained tag of `model` (downloaded into the usual cache when online) or a local checkpoint file",
-    )
-    frames_per_clip: int = _f(4, "frames per clip embedded (evenly spaced; mean of their embeddings)")
-    batch_size: int = _f(64, "images per forward pass of the image tower (and texts per text pass)")
-    device: str = _f("auto", "auto (cuda when available, else cpu) or a torch device string")
-    vocabulary: str | None = _f(None, "retrieval vocabulary yaml (null = curation/vocabulary.yaml)")
-    retrieval_top_k: int = _f(2, "phrases kept per vocabulary list (subjects, actions, scenes) per clip")
-    coca: bool = _f(True, "add a generated caption when `model` is a CoCa model (needs transformers<5)")
-    coca_seq_len: int = _f(30, "most tokens of a generated CoCa caption")
-    static_below: float = _f(
-        0.03, "motion_mean below this adds the 'static' motion phrase (frame diagonals per second)"
-    )
-    fast_above: float = _f(0.3, "motion_mean above this adds the 'fast' motion phrase (diagonals per second)")
-    cache_dir: str | None = _f(None, "download cache of open_clip / Hugging Face (null = their default)")
 
 
 class CaptionWeightsError(RuntimeError):
@@ -321,10 +291,15 @@ class Captioner:
         ).eval()
         self.tokenizer = open_clip.get_tokenizer(self.name, cache_dir=cfg.cache_dir)
         self.is_coca = _is_coca(arch) or isinstance(self.model, open_clip.CoCa)
+        # open_clip's own eval transform for this model (size, resize mode, interpolation, fill, mean/std)
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
         pcfg = open_clip.get_model_preprocess_cfg(self.model)
-        size = pcfg["size"]
+        known = {f.name for f in dataclasses.fields(PreprocessCfg)}
+        self.preprocess_cfg = PreprocessCfg(**{k: v for k, v in pcfg.items() if k in known})
+        self.transform = image_transform_v2(self.preprocess_cfg, is_train=False)
+        size = self.preprocess_cfg.size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.mean, self.std = list(pcfg["mean"]), list(pcfg["std"])
         scale = float(self.model.logit_scale.detach().float().reshape(-1)[0])
         self.calibrated = not any(abs(scale - s) < 5e-3 for s in _INIT_LOGIT_SCALES)  # fp16-saved too
         self.vocab = load_vocabulary(cfg.vocabulary)
@@ -351,21 +326,16 @@ class Captioner:
     # -- encoders ---------------------------------------------------------------------------
 
     def _preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (K, H, W, 3) -> normalised float (K, 3, h, w) at the model's input size.
-
-        Batched tensor ops (torchvision v2 functional) instead of open_clip's per-PIL-image
-        transform: same resize-shortest-side + centre-crop + normalise, on whole clips at once.
-        """
-        import torchvision.transforms.v2.functional as TF
-        from torchvision.transforms import InterpolationMode
+        """uint8 (K, H, W, 3) -> normalised float (K, 3, h, w), each frame through open_clip's own
+        eval transform for this model (`self.transform`): its resize mode (shortest / longest /
+        squash), interpolation and fill, exactly as the model was trained and evaluated with.
+        The frames are small (analysis.keep_short_side), so per-image PIL resizing is cheap."""
+        from PIL import Image
 
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"clip frames must be uint8 (K, H, W, 3), got {frames.dtype} {frames.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = rearrange(x, "k h w c -> k c h w").float() / 255.0  # (K, 3, H, W)
-        x = TF.resize(x, [max(self.image_size)], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        x = TF.center_crop(x, list(self.image_size)).clamp_(0.0, 1.0)  # (K, 3, h, w)
-        return TF.normalize(x, self.mean, self.std)
+        x = torch.stack([self.transform(Image.fromarray(np.ascontiguousarray(f))) for f in frames])
+        return x.to(self.device)  # (K, 3, h, w)
 
     @torch.inference_mode()
     def embed(self, clips: list[np.ndarray]) -> np.ndarray:
@@ -457,8 +427,10 @@ class Captioner:
         """Caption clips; items {"key", "frames" uint8 (K, H, W, 3), "source_caption", "motion"}.
 
         Returns per item {"key", "caption", "caption_origin", "clip_score", "caption_candidates":
-        [{"text", "origin", "score"}] (best first), "embedding": float16 (D,), "calibrated"}.
-        The clip score is the cosine similarity of the clip and caption embeddings.
+        [{"text", "origin", "score"}] (highest score first), "embedding": float16 (D,), "calibrated"}.
+        The clip score is the cosine similarity of the clip and caption embeddings. The caption is
+        the highest-scoring candidate, except that the source's own caption is kept while no other
+        beats it by more than `prefer_source_margin`.
         """
         if not items:
             return []
@@ -482,6 +454,10 @@ class Captioner:
                 {"text": texts[i], "origin": candidates[texts[i]], "score": float(scores[i])} for i in order
             ]
             best = ranked[0]
+            if source and best["origin"] != "source":  # the source's own caption, unless clearly beaten
+                own = next(c for c in ranked if c["origin"] == "source")
+                if best["score"] - own["score"] <= self.cfg.prefer_source_margin:
+                    best = own
             results.append(
                 {
                     "key": it["key"],

@@ -2,9 +2,15 @@
 
 Stream copy cannot cut between keyframes, so each clip is re-encoded (PyAV, `extract.codec`,
 default libx264 with `crf`/`preset`) from exactly the decoded frames [start, end) of the shared
-decode-order index (`analysis.iter_frames`), optionally downscaled (`max_short_side`) and
-resampled to a constant `fps`. Every written file is re-opened and its frames counted: a clip
-that does not hold exactly the frames it claims is an error, never a silent sample.
+decode-order index (`analysis.iter_frames`), optionally downscaled (`max_short_side`).
+
+Timing, stated in each clip's json (`timing`):
+  source  (extract.fps=0) every frame once, at its true time from the clip's start: a
+          variable-frame-rate source gives a variable-frame-rate clip, a constant one a constant one;
+  cfr     (extract.fps=F) an explicit resample to F frames per second by timestamps: output frame
+          k shows the source frame on screen at k / F seconds into the clip.
+Every written file is re-opened and its frames counted: a clip that does not hold exactly the
+frames it claims is an error, never a silent sample.
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ class ClipSpec:
 class ClipOut:
     key: str
     num_frames: int
-    fps: float
+    fps: float  # the constant rate (cfr), or frames / duration (source timing)
     width: int
     height: int
     error: str = ""
+    duration: float = 0.0  # seconds the clip plays
+    timing: str = "source"  # "source" (true frame times) or "cfr" (resampled to extract.fps)
+    variable_fps: bool = False  # frame intervals differ (source timing of a variable-rate source)
+
+
+TIME_BASE = Fraction(1, 90000)  # clip timestamps with source timing (the MPEG clock)
 
 
 def output_rate(source_rate: Fraction, cfg: ExtractConfig) -> Fraction:
@@ -65,9 +77,44 @@ def resample(n: int, source_rate: Fraction, rate: Fraction) -> np.ndarray:
     return np.minimum((np.arange(m) * source_rate / rate).astype(np.float64).astype(np.int64), n - 1)
 
 
+def resample_times(times: np.ndarray, rate: Fraction) -> np.ndarray:
+    """Source-frame offsets of each output frame when resampling by timestamps to `rate`:
+    output frame k shows the last source frame starting at or before k / rate. `times`: the
+    clip's frame start times and its end, (n + 1,) seconds."""
+    rel = np.asarray(times, np.float64) - times[0]
+    m = max(1, math.floor(rel[-1] * float(rate) + 1e-6))
+    idx = np.searchsorted(rel[:-1], np.arange(m) / float(rate) + 1e-6, side="right") - 1
+    return np.clip(idx, 0, len(rel) - 2)
+
+
+def is_variable(times: np.ndarray) -> bool:
+    """Frame intervals (of frame start times and the end) differ by more than 2 %."""
+    gaps = np.diff(np.asarray(times, np.float64))
+    return bool(gaps.size > 1 and gaps.max() - gaps.min() > 0.02 * np.median(gaps))
+
+
+def _plan_slots(spec: ClipSpec, times: np.ndarray, rate: Fraction, cfr: bool) -> tuple[dict, Fraction]:
+    """({source frame: [output timestamps]}, their time base) of one clip: resampled to `rate`
+    (cfr), each frame once at 1 / rate (source timing, even intervals), or each frame once at its
+    own time (source timing of a variable-rate stretch)."""
+    t = times[spec.start : spec.end + 1]
+    slots: dict[int, list[int]] = {}
+    if cfr:
+        for k, off in enumerate(resample_times(t, rate)):
+            slots.setdefault(spec.start + int(off), []).append(k)
+        return slots, 1 / rate
+    if not is_variable(t):
+        return {spec.start + k: [k] for k in range(spec.end - spec.start)}, 1 / rate
+    return {
+        spec.start + k: [round((t[k] - t[0]) / TIME_BASE)] for k in range(spec.end - spec.start)
+    }, TIME_BASE
+
+
 class _Writer:
-    def __init__(self, spec: ClipSpec, rate: Fraction, size: tuple[int, int], cfg: ExtractConfig):
-        self.spec, self.size, self.rate = spec, size, rate
+    def __init__(
+        self, spec: ClipSpec, rate: Fraction, size: tuple[int, int], cfg: ExtractConfig, time_base: Fraction
+    ):
+        self.spec, self.size, self.rate, self.time_base = spec, size, rate, time_base
         self.tmp = spec.path + ".tmp"
         self.container = av.open(self.tmp, "w", format="mp4")
         options = {}
@@ -84,13 +131,14 @@ class _Writer:
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.thread_count = cfg.threads
-        self.stream.codec_context.time_base = 1 / rate
+        self.stream.codec_context.time_base = time_base
         self.count = 0
+        self.last_pts = 0
         self.scaler = VideoReformatter()
 
-    def write(self, frame: av.VideoFrame, repeats: int, rotation: int) -> None:
-        """Encode a decoded source frame `repeats` times. Without rotation the frame goes to the
-        encoder as decoded (FFmpeg scales it if needed): no RGB round trip."""
+    def write(self, frame: av.VideoFrame, slots: list[int], rotation: int) -> None:
+        """Encode a decoded source frame once per output timestamp in `slots`. Without rotation the
+        frame goes to the encoder as decoded (FFmpeg scales it if needed): no RGB round trip."""
         if rotation:
             rgb = rotate(frame.to_ndarray(format="rgb24"), rotation)  # (H, W, 3)
             if rgb.shape[1::-1] != self.size:
@@ -101,10 +149,11 @@ class _Writer:
                 frame, width=self.size[0], height=self.size[1], format="yuv420p", interpolation="AREA"
             )
         frame.pict_type = PictureType.NONE  # let the encoder choose frame types, not the source's
-        for _ in range(repeats):
-            frame.pts, frame.time_base = self.count, 1 / self.rate
+        for pts in slots:
+            frame.pts, frame.time_base = pts, self.time_base
             self.container.mux(self.stream.encode(frame))
             self.count += 1
+            self.last_pts = pts
 
     def close(self) -> None:
         self.container.mux(self.stream.encode())
@@ -127,23 +176,28 @@ def extract(
     cfg: ExtractConfig,
     threads: int = 1,
     frame_pts: list | None = None,
+    frame_times: np.ndarray | None = None,
 ) -> list[ClipOut]:
     """Write every clip of one source in one forward decode (seeking over long gaps between
     clips when `frame_pts`, the analysis pass's pts of every frame index, allows); verify each
-    clip's frames."""
+    clip's frames. `frame_times`: (N + 1,) seconds of every frame's start and the last one's end
+    (Analysis.times); without them frames are taken as evenly spaced at `source_rate`."""
     if not specs:
         return []
+    if frame_times is None:
+        frame_times = np.arange(max(s.end for s in specs) + 1) / float(source_rate)
+    times = np.asarray(frame_times, np.float64)
+    cfr = bool(cfg.fps and cfg.fps > 0)
     rate = output_rate(source_rate, cfg)
-    plan = {}  # source frame index -> [(spec, repeats)]
+    plan = {}  # source frame index -> [(spec, output timestamps)]
     final = {}  # key -> last source frame the clip uses
+    expected, time_base = {}, {}
     for spec in specs:
-        offsets = resample(spec.end - spec.start, source_rate, rate)
-        final[spec.key] = spec.start + int(offsets.max())
-        reps = np.bincount(offsets, minlength=spec.end - spec.start)
-        for k, r in enumerate(reps):
-            if r:
-                plan.setdefault(spec.start + k, []).append((spec, int(r)))
-    expected = {s.key: len(resample(s.end - s.start, source_rate, rate)) for s in specs}
+        slots, time_base[spec.key] = _plan_slots(spec, times, rate, cfr)
+        final[spec.key] = max(slots)
+        expected[spec.key] = sum(len(v) for v in slots.values())
+        for index, ts in sorted(slots.items()):
+            plan.setdefault(index, []).append((spec, ts))
     writers: dict[str, _Writer] = {}
     results: dict[str, ClipOut] = {}
     try:
@@ -156,15 +210,16 @@ def extract(
                 if not jobs:
                     continue
                 fw, fh = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-                for spec, reps in jobs:
+                for spec, slots in jobs:
                     w = writers.get(spec.key)
                     if w is None:
-                        w = writers[spec.key] = _Writer(spec, rate, output_size(fw, fh, cfg), cfg)
-                    w.write(frame, reps, rotation)
+                        size = output_size(fw, fh, cfg)
+                        w = writers[spec.key] = _Writer(spec, rate, size, cfg, time_base[spec.key])
+                    w.write(frame, slots, rotation)
                     if index == final[spec.key]:
                         w.close()
                         del writers[spec.key]
-                        results[spec.key] = _verify(spec, w, expected[spec.key])
+                        results[spec.key] = _verify(spec, w, expected[spec.key], times, cfr)
     finally:
         for w in writers.values():  # clips the decode never finished (source shorter than probed)
             w.container.close()
@@ -229,10 +284,15 @@ def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):
                     yield i, frame
 
 
-def _verify(spec: ClipSpec, w: _Writer, expected: int) -> ClipOut:
+def _verify(spec: ClipSpec, w: _Writer, expected: int, times: np.ndarray, cfr: bool) -> ClipOut:
     n = count_frames(spec.path)
     err = ""
     if n != expected or w.count != expected:
         err = f"frame count mismatch: wrote {w.count}, file holds {n}, expected {expected}"
         os.remove(spec.path)
-    return ClipOut(spec.key, n, float(w.rate), w.size[0], w.size[1], err)
+    if cfr:
+        return ClipOut(spec.key, n, float(w.rate), w.size[0], w.size[1], err, n / float(w.rate), "cfr", False)
+    t = times[spec.start : spec.end + 1]
+    duration, variable = float(t[-1] - t[0]), is_variable(t)
+    fps = n / duration if variable and duration > 0 else float(w.rate)
+    return ClipOut(spec.key, n, fps, w.size[0], w.size[1], err, duration, "source", variable)

@@ -3,7 +3,8 @@
     python -m curation [config.yaml] raw=<dir|glob|list.txt|list.csv> out=<dir> [key=value ...]
 
 Each field's `help` is what `python -m curation --help` prints. YAML files under
-`configs/curate/` hold only the values that differ from these defaults.
+`configs/curate/` hold only the values that differ from these defaults. Only the standard library
+and OmegaConf are imported here: spawned workers and `--help` must not pay for torch.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
-
-from curation.captions import CaptionConfig
-from curation.dedup import DedupConfig
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -45,7 +43,12 @@ class AnalysisConfig:
         "PySceneDetect detectors run on every frame: any of content, adaptive, hash, histogram, "
         "threshold (fades to black); their cuts are united",
     )
-    content: dict = _f({}, "ContentDetector kwargs, e.g. {threshold: 27, min_scene_len: 15}")
+    content: dict = _f(
+        {},
+        "ContentDetector kwargs, e.g. {threshold: 27, min_scene_len: 15}; scenedetect's threshold 27 is "
+        "kept: it finds real hard cuts exactly, while 18 and below add false cuts inside real moving shots "
+        "(tests/test_real_footage.py corpus); dissolves and fades are found by clips.transition_*, not by it",
+    )
     adaptive: dict = _f({}, "AdaptiveDetector kwargs, e.g. {adaptive_threshold: 3.0, window_width: 2}")
     hash: dict = _f({}, "HashDetector kwargs, e.g. {threshold: 0.395, size: 16}")
     histogram: dict = _f({}, "HistogramDetector kwargs, e.g. {threshold: 0.05, bins: 256}")
@@ -78,17 +81,28 @@ class AnalysisConfig:
 class ClipsConfig:
     min_seconds: float = _f(2.0, "drop scenes (and chunks) shorter than this")
     max_seconds: float = _f(10.0, "split scenes longer than this into equal chunks no longer than this")
-    cut_trim_frames: int = _f(1, "frames dropped at each side of a hard cut")
-    transition_factor: float = _f(
+    cut_trim_frames: int = _f(
+        0,
+        "frames dropped at each side of a hard cut (0: a detected cut is exact, and trimming is only "
+        "for gradual transitions, which are found from evidence, see curation/scenes.py)",
+    )
+    transition_linearity: float = _f(
+        0.25,
+        "gradual transitions: a frame is part of a fade or dissolve when it is the mean of the frames 3 "
+        "before and 3 after it, within this fraction of their difference (a cut or motion gives ~0.5)",
+    )
+    transition_min_change: float = _f(
+        6.0, "...and those two frames differ by more than this (mean |gray difference|, 0-255)"
+    )
+    transition_min_frames: int = _f(3, "...for at least this many frames in a row")
+    transition_contrast: float = _f(
         1.5,
-        "gradual transitions: walking away from a cut, a frame is trimmed while its frame "
-        "difference exceeds transition_factor * (the bordering scene's median) + transition_margin",
+        "...and the picture changes across the transition this many times more than over as many frames "
+        "just before or after it (smooth motion changes alike), unless frames inside it are black (fade)",
     )
-    transition_margin: float = _f(0.5, "see transition_factor (0-255 gray levels)")
-    transition_lookahead: int = _f(
-        2, "trimming goes on while any of the next this-many frames is still elevated"
+    max_transition_seconds: float = _f(
+        2.0, "longest gradual transition: a longer linear stretch is smooth motion, not a transition"
     )
-    max_transition_seconds: float = _f(1.0, "longest gradual transition trimmed at one cut")
     dark_level: float = _f(12.0, "frames whose mean luma is below this count as black (fades)")
     thumb_frames: int = _f(4, "frames in each clip's thumbnail strip (thumbs/<key>.jpg)")
     thumb_height: int = _f(64, "height of the thumbnail strip")
@@ -100,7 +114,12 @@ class MotionConfig:
         0.01, "reject as static when mean motion is below this (frame diagonals per second)"
     )
     fast_mean: float = _f(0.8, "reject as too fast when mean motion exceeds this (diagonals per second)")
-    shaky_peak: float = _f(2.5, "reject as shaky when peak motion exceeds this (diagonals per second)")
+    shaky_reversals: float = _f(
+        4.0,
+        "reject as shaky when the camera's global shift reverses direction at least this often per "
+        "second (oscillation; a pan, however fast, has none)...",
+    )
+    shaky_amplitude: float = _f(0.1, "...with reversing shifts at least this fast (diagonals per second)")
 
 
 @dataclass
@@ -122,6 +141,53 @@ class ExtractConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """CLIP recaptioning options (``caption.*`` on the curation command line)."""
+
+    enabled: bool = _f(True, "CLIP captions and embeddings; false = keep source captions, phash dedup")
+    model: str = _f(
+        "ViT-B-32",
+        "open_clip architecture name, or path/to/model_config.json, or hf-hub:org/repo, or local-dir:/path",
+    )
+    pretrained: str = _f(
+        "laion2b_s34b_b79k",
+        "open_clip pretrained tag of `model` (downloaded into the usual cache when online) or a local checkpoint file",
+    )
+    frames_per_clip: int = _f(4, "frames per clip embedded (evenly spaced; mean of their embeddings)")
+    batch_size: int = _f(64, "images per forward pass of the image tower (and texts per text pass)")
+    device: str = _f("auto", "auto (cuda when available, else cpu) or a torch device string")
+    vocabulary: str | None = _f(None, "retrieval vocabulary yaml (null = curation/vocabulary.yaml)")
+    retrieval_top_k: int = _f(2, "phrases kept per vocabulary list (subjects, actions, scenes) per clip")
+    coca: bool = _f(True, "add a generated caption when `model` is a CoCa model (needs transformers<5)")
+    coca_seq_len: int = _f(30, "most tokens of a generated CoCa caption")
+    static_below: float = _f(
+        0.03, "motion_mean below this adds the 'static' motion phrase (frame diagonals per second)"
+    )
+    fast_above: float = _f(0.3, "motion_mean above this adds the 'fast' motion phrase (diagonals per second)")
+    prefer_source_margin: float = _f(
+        0.0,
+        "keep the source's own caption unless another candidate's CLIP score beats it by more than this "
+        "(cosine; retrieval sentences are built from the clip's own embedding and so score high; 0 = the "
+        "best score wins, ties to the source)",
+    )
+    cache_dir: str | None = _f(None, "download cache of open_clip / Hugging Face (null = their default)")
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate removal options (``dedup.*`` on the curation command line)."""
+
+    enabled: bool = _f(True, "drop near-duplicate kept clips")
+    method: str = _f(
+        "auto", "auto (CLIP embeddings when every clip has one, else phash), embedding, or phash"
+    )
+    cosine_threshold: float = _f(0.98, "duplicates when CLIP embedding cosine >= this (Open-Sora uses 0.98)")
+    hamming_threshold: int = _f(
+        4, "duplicates when 64-bit perceptual-hash Hamming distance <= this (captioning off)"
+    )
+
+
+@dataclass
 class ShardsConfig:
     maxcount: int = _f(1000, "most samples per shard")
     maxsize: float = _f(1e9, "most bytes per shard")
@@ -129,8 +195,12 @@ class ShardsConfig:
 
 @dataclass
 class RayConfig:
-    address: str = _f("", "Ray cluster address ('' = start a local Ray instance)")
-    num_cpus: int = _f(0, "CPUs for a local Ray instance (0 = workers)")
+    address: str = _f(
+        "",
+        "Ray cluster to join ('auto' inside a cluster job, or ray://host:10001); '' = start a local "
+        "Ray instance. Every node must see raw and out at the same paths (a shared filesystem)",
+    )
+    num_cpus: int = _f(0, "CPUs for a local Ray instance (0 = workers, or all cores)")
 
 
 @dataclass
@@ -139,13 +209,32 @@ class CurateConfig:
         MISSING, "input: a directory (recursive), a glob, a .txt list or a .csv list (path[,caption])"
     )
     out: str = _f(MISSING, "output directory (created; reruns resume from it)")
-    executor: str = _f("local", "local (process pool) or ray")
-    workers: int = _f(0, "parallel source workers (0 = all cores); 1 runs in this process")
+    executor: str = _f("local", "local (process pool) or ray (a pool of Ray actors)")
+    workers: int = _f(
+        0,
+        "parallel source workers (0 = all cores; with Ray, one per CPU of the cluster); 1 runs in this process",
+    )
+    source_timeout_s: float = _f(
+        3600.0,
+        "a source still running after this many seconds (a hung decoder) is stopped: its worker is "
+        "killed, its row says `error: timeout ...` and the run goes on (0 = no limit; workers=1 "
+        "runs in this process, where nothing can be stopped)",
+    )
+    retries: int = _f(1, "times a source is retried on a fresh worker when its worker dies (OOM kill, crash)")
+    retry_errors: bool = _f(
+        False, "reprocess sources whose sealed record says error (timeouts, crashes) instead of keeping it"
+    )
+    limit: int = _f(
+        0,
+        "trial run: process only the first N video files (by path); the others are listed as "
+        "skipped and a later run without limit processes them (0 = all)",
+    )
     strict: bool = _f(False, "exit non-zero when any source failed")
     on_config_change: str = _f(
         "error",
-        "when OUT holds records of a different config: error (stop and say so) or redo "
-        "(reprocess those sources with the new config)",
+        "when OUT holds records made with different analysis or extract settings: error (stop and "
+        "say so) or redo (reprocess those sources). Motion thresholds never need it: a change refilters "
+        "the stored scores (and encodes only clips that newly pass) without decoding for analysis",
     )
     val_fraction: float = _f(0.1, "held-out fraction of sources (deterministic by source_id hash)")
     progress: bool = _f(True, "show progress bars")
@@ -161,7 +250,23 @@ class CurateConfig:
 
 
 # Keys that do not change outputs; everything else feeds the config hash.
-RUNTIME_KEYS = ("raw", "out", "executor", "workers", "strict", "on_config_change", "progress", "ray")
+RUNTIME_KEYS = (
+    "raw",
+    "out",
+    "executor",
+    "workers",
+    "source_timeout_s",
+    "retries",
+    "retry_errors",
+    "limit",
+    "strict",
+    "on_config_change",
+    "progress",
+    "ray",
+)
+# Settings that change only how fast outputs are made, never the outputs (decoder threads give
+# the same frames; seeking over a gap gives the same frames as decoding through it).
+SPEED_KEYS = {"analysis": ("threads",), "extract": ("seek_gap_seconds",)}
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> CurateConfig:
@@ -178,6 +283,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         raise ValueError(f"executor={cfg.executor!r}: use executor=local or executor=ray")
     if cfg.on_config_change not in ("error", "redo"):
         raise ValueError(f"on_config_change={cfg.on_config_change!r}: use error or redo")
+    if cfg.limit < 0 or cfg.retries < 0 or cfg.source_timeout_s < 0:
+        raise ValueError("limit, retries and source_timeout_s must be >= 0")
     if not 0.0 <= cfg.val_fraction <= 1.0:
         raise ValueError(f"val_fraction={cfg.val_fraction} must lie in [0, 1]")
     return OmegaConf.to_object(cfg)
@@ -187,10 +294,13 @@ def to_dict(cfg: CurateConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
-# What the per-source stage (decode, analysis, clips, motion, extraction) reads. Its records are
-# stamped with a hash of these alone: dedup, split, shards and the report are rebuilt from the
-# records on every run, so changing them must not force every source to be decoded again.
-SOURCE_KEYS = ("probe", "analysis", "clips", "motion", "extract")
+# What the per-source stage reads, in two parts. Analysis (probe, the decode pass, candidate clips
+# and their scores, thumbnails, kept frames) is stamped with `analysis_hash`; the motion filter and
+# extraction with `source_hash`. A motion threshold change refilters the stored scores; only an
+# analysis change needs a decode pass again. Dedup, split, shards and the report are rebuilt from
+# the records on every run, so changing them reprocesses nothing.
+ANALYSIS_KEYS = ("probe", "analysis", "clips")
+FILTER_KEYS = ("motion", "extract")
 # Caption settings that do not change captions (where and how fast they are computed).
 CAPTION_RUNTIME_KEYS = ("device", "batch_size", "cache_dir")
 
@@ -199,21 +309,40 @@ def _hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _outputs(cfg: CurateConfig) -> dict:
+    """The config without runtime and speed-only keys: what outputs depend on."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    for section, keys in SPEED_KEYS.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    return d
+
+
 def config_hash(cfg: CurateConfig) -> str:
-    """Hash of every setting that changes outputs (runtime keys such as workers excluded)."""
-    return _hash({k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS})
+    """Hash of every setting that changes outputs (runtime and speed-only keys excluded)."""
+    return _hash(_outputs(cfg))
 
 
-def source_hash(cfg: CurateConfig) -> str:
-    """Hash of the settings a source's completion record depends on (see SOURCE_KEYS)."""
-    d = to_dict(cfg)
-    stage = {k: d[k] for k in SOURCE_KEYS}
+def analysis_hash(cfg: CurateConfig) -> str:
+    """Hash of what a source's analysis (candidates, scores, kept frames) depends on."""
+    d = _outputs(cfg)
+    stage = {k: d[k] for k in ANALYSIS_KEYS}
     stage["kept_frames"] = {  # the frames kept for captioning and dedup are part of the record
         "caption": d["caption"]["enabled"],
         "frames_per_clip": d["caption"]["frames_per_clip"],
         "dedup": d["dedup"]["enabled"],
     }
     return _hash(stage)
+
+
+def extract_hash(cfg: CurateConfig) -> str:
+    """Hash of the encoder settings: clips encoded under it can be reused."""
+    return _hash(_outputs(cfg)["extract"])
+
+
+def source_hash(cfg: CurateConfig) -> str:
+    """Hash of everything a source's completion record depends on: analysis, filter, extraction."""
+    d = _outputs(cfg)
+    return _hash({"analysis": analysis_hash(cfg), **{k: d[k] for k in FILTER_KEYS}})
 
 
 def caption_hash(cfg: CurateConfig) -> str:

@@ -12,32 +12,13 @@ the whole comparison is one dense similarity pass, about a second for 10k clips 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import cv2
 import numpy as np
 from scipy.fft import dctn
 
+from curation.config import DedupConfig  # the schema lives with the others
+
 _BLOCK = 2048  # rows per similarity block: (2048, N) float32 stays small for N in the 100k range
-
-
-@dataclass
-class DedupConfig:
-    """Near-duplicate removal options (``dedup.*`` on the curation command line)."""
-
-    enabled: bool = field(default=True, metadata={"help": "drop near-duplicate kept clips"})
-    method: str = field(
-        default="auto",
-        metadata={"help": "auto (CLIP embeddings when every clip has one, else phash), embedding, or phash"},
-    )
-    cosine_threshold: float = field(
-        default=0.98,
-        metadata={"help": "duplicates when CLIP embedding cosine >= this (Open-Sora uses 0.98)"},
-    )
-    hamming_threshold: int = field(
-        default=4,
-        metadata={"help": "duplicates when 64-bit perceptual-hash Hamming distance <= this (captioning off)"},
-    )
 
 
 def phash(frames: np.ndarray) -> int:
@@ -128,3 +109,31 @@ def find_duplicates(items: list[dict], cfg: DedupConfig) -> dict[str, str]:
 
     pairs = _greedy(len(items), neighbours)
     return {items[j]["key"]: items[i]["key"] for j, i in sorted(pairs.items())}
+
+
+def mark_duplicates(clips: list[dict], embeddings: dict, calibrated: bool, cfg: DedupConfig) -> None:
+    """Drop near-duplicates among the kept clip rows (stage `dedup`, `duplicate_of` set)."""
+    for c in clips:
+        c["duplicate_of"] = None
+    kept = [c for c in clips if c["kept"]]
+    if not cfg.enabled or not kept:
+        return
+    items = [
+        {
+            "key": c["key"],
+            # random CLIP weights give meaningless cosines (they merged distinct clips): use phash
+            "embedding": embeddings.get(c["key"]) if calibrated else None,
+            "phash": c.get("phash"),
+            "quality": c["clip_score"] if c["clip_score"] is not None else c["duration"],
+        }
+        for c in kept
+    ]
+    dropped = find_duplicates(items, cfg)
+    for c in kept:
+        if c["key"] in dropped:
+            c.update(
+                kept=False,
+                stage="dedup",
+                reason=f"near-duplicate of {dropped[c['key']]}",
+                duplicate_of=dropped[c["key"]],
+            )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -122,25 +123,111 @@ def list_inputs(raw: str, exclude: str | None = None) -> list[tuple[str, str | N
     return sorted(dict(items).items())  # one entry per path, deterministic order
 
 
-def discover(raw: str, progress: bool = False, exclude: str | None = None) -> list[Source]:
-    """Every input as a Source, sorted by source_id. Unreadable files keep an error, never vanish;
-    non-video files keep a `skipped` reason (and are not hashed: their id comes from the path)."""
-    from tqdm import tqdm
+def hash_chunk(paths: list[str]) -> list[tuple]:
+    """(path, size, mtime_ns, sha256, error) per path; runs in a worker, next to the bytes."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((path, st.st_size, st.st_mtime_ns, file_sha256(path), ""))
+        except OSError as e:
+            out.append((path, None, None, "", f"unreadable: {e}"))
+    return out
 
-    sources = []
+
+def _serial(fn, tasks):
+    return (fn(t) for t in tasks)
+
+
+def _chunks(paths: list[str], sizes: list[int], n: int, max_bytes: int = 4 << 30) -> list[list[str]]:
+    """About `n` chunks of consecutive paths (per-task overhead stays small for tiny files), none
+    over `max_bytes` unless one file is (a chunk must hash well within source_timeout_s)."""
+    per = max(1, -(-len(paths) // max(1, n)))
+    chunks, cur, cur_bytes = [], [], 0
+    for path, size in zip(paths, sizes):
+        if cur and (len(cur) >= per or cur_bytes + size > max_bytes):
+            chunks.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(path)
+        cur_bytes += size
+    return chunks + ([cur] if cur else [])
+
+
+def hash_files(paths: list[str], *, run_tasks=None, chunks: int = 1, cache: Path | None = None) -> dict:
+    """{path: (sha256, error)} for `paths`. Files unchanged since `cache` was written (same size
+    and mtime) are not read again; the rest are hashed by `run_tasks(hash_chunk, chunks)` (an
+    executor: the workers read the bytes, not the driver) and the cache is rewritten."""
+    import json
+
+    known = {}
+    if cache is not None and cache.exists():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    result, todo, sizes = {}, [], []
+    for path in paths:
+        hit = known.get(path)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            result[path] = ("", f"unreadable: {e}")
+            continue
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            result[path] = (hit[2], "")
+        else:
+            todo.append(path)
+            sizes.append(st.st_size)
+    for rows in (run_tasks or _serial)(hash_chunk, _chunks(todo, sizes, chunks)):
+        for path, size, mtime_ns, sha, err in rows:
+            result[path] = (sha, err)
+            if not err:
+                known[path] = [size, mtime_ns, sha]
+    if cache is not None and todo:
+        from curation.workdir import write_atomic
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps(known))
+    return result
+
+
+def _path_id(path: str) -> str:
+    return f"{_slug(Path(path).stem)}-p{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+
+
+def discover(
+    raw: str,
+    progress: bool = False,
+    exclude: str | None = None,
+    *,
+    limit: int = 0,
+    run_tasks=None,
+    chunks: int = 1,
+    cache: Path | None = None,
+) -> list[Source]:
+    """Every input as a Source, sorted by source_id. Unreadable files keep an error, never vanish;
+    non-video files keep a `skipped` reason (and are not hashed: their id comes from the path).
+    `limit` > 0 hashes only the first `limit` videos (by path); the others are skipped for now.
+    Hashing goes through `run_tasks` (see hash_files), serially in this process by default."""
     inputs = list_inputs(raw, exclude)
     single = Path(raw).is_file() and Path(raw).suffix.lower() not in (".txt", ".csv")  # probe decides
-    for path, caption in tqdm(inputs, desc="discover (hash)", unit="file", disable=not progress):
-        slug = _slug(Path(path).stem)
-        why = "" if single else skip_reason(path)
-        if why:
-            pid = hashlib.sha256(path.encode()).hexdigest()[:12]
-            sources.append(Source(path, f"{slug}-p{pid}", "", caption, skipped=why))
+    why = {path: "" if single else skip_reason(path) for path, _ in inputs}
+    videos = [path for path, _ in inputs if not why[path]]
+    if limit and len(videos) > limit:
+        for path in videos[limit:]:
+            why[path] = f"not processed: limit={limit} (a trial run; rerun without limit for the rest)"
+        videos = videos[:limit]
+    if progress:
+        print(f"discover: {len(inputs)} file(s), hashing {len(videos)} video(s)", flush=True)
+    hashes = hash_files(videos, run_tasks=run_tasks, chunks=chunks, cache=cache)
+    sources = []
+    for path, caption in inputs:
+        if why[path]:
+            sources.append(Source(path, _path_id(path), "", caption, skipped=why[path]))
             continue
-        try:
-            sha = file_sha256(path)
-            sources.append(Source(path, f"{slug}-{sha[:12]}", sha, caption))
-        except OSError as e:
-            pid = hashlib.sha256(path.encode()).hexdigest()[:12]
-            sources.append(Source(path, f"{slug}-p{pid}", "", caption, error=f"unreadable: {e}"))
+        sha, err = hashes[path]
+        if err:
+            sources.append(Source(path, _path_id(path), "", caption, error=err))
+        else:
+            sources.append(Source(path, f"{_slug(Path(path).stem)}-{sha[:12]}", sha, caption))
     return sorted(sources, key=lambda s: (s.source_id, s.path))

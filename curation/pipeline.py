@@ -2,12 +2,16 @@
 
 Stages and where their results live (OUT = `cfg.out`):
 
-  discover        every input, a stable source_id (curation/discover.py)
-  process_source  per source, in a worker (local pool or Ray): probe -> one analysis decode pass
-                  (cuts, motion, kept frames) -> candidate clips -> motion filter -> frame-accurate
-                  extraction -> thumbnails; written to OUT/work/<source_id>/ and sealed by
-                  `record.json` (written last, atomically): a rerun skips sealed sources.
-  captions        in this process, batched (one model, GPU-friendly): OUT/work/<id>/captions.json
+  discover        every input, a stable source_id from its content hash, hashed by the workers
+                  (curation/discover.py; OUT/work/hashes.json spares unchanged files a rehash)
+  process_source  per source, in a worker (curation/executors.py: local processes or Ray actors,
+                  with a time limit and retries): analyse (probe -> one decode pass: cuts, motion,
+                  kept frames -> candidate clips with scores, thumbnails, caption frames), then
+                  filter_and_extract (motion filter -> frame-accurate extraction of the clips that
+                  pass); written to OUT/work/<source_id>/ and sealed by `record.json` (written last,
+                  atomically): a rerun skips sealed sources, and one whose only change is a motion
+                  threshold refilters the stored scores without a decode pass.
+  captions        in this process, batched (one model, GPU-friendly): curation/captioning.py
   finalize        from the records alone, deterministically: dedup, split by source, shards,
                   sources.parquet, clips.parquet, report (curation/finalize.py). A killed run,
                   rerun, ends identical. OUT/work/ layout: curation/workdir.py.
@@ -28,9 +32,18 @@ import numpy as np
 from tqdm import tqdm
 
 from curation import executors
-from curation.config import CurateConfig, caption_hash, config_hash, source_hash, to_dict
+from curation.captioning import caption_sources
+from curation.config import (
+    CurateConfig,
+    analysis_hash,
+    caption_hash,
+    config_hash,
+    extract_hash,
+    source_hash,
+    to_dict,
+)
 from curation.discover import Source, discover
-from curation.finalize import caption_sources, finalize
+from curation.finalize import finalize
 from curation.workdir import work_dir, write_atomic
 
 log = logging.getLogger("curation")
@@ -80,37 +93,92 @@ def _strip(frames: list[np.ndarray], height: int) -> np.ndarray:
     return np.concatenate(tiles, axis=1)
 
 
+# ----------------------------------------------------------------------------- the record
+
+
+def stage_hashes(cfg: CurateConfig) -> dict:
+    """The hashes a record is stamped with (see curation/config.py)."""
+    return {"source": source_hash(cfg), "analysis": analysis_hash(cfg), "extract": extract_hash(cfg)}
+
+
+def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "", **fields) -> dict:
+    """A per-source record (OUT/work/<id>/record.json): the one place its fields are listed."""
+    rec = {
+        "source_id": source["source_id"],
+        "path": source["path"],
+        "sha256": source["sha256"],
+        "config_hash": hashes["source"],  # everything the record depends on
+        "analysis_hash": hashes["analysis"],  # what `candidates` depends on
+        "extract_hash": hashes["extract"],  # what the clips' mp4 bytes depend on
+        "status": status,  # ok / rejected / error / skipped
+        "reason": reason,
+        "probe": None,
+        "num_scenes": 0,
+        "cuts": [],
+        "transitions": [],  # [start, end) frames of fades / dissolves / wipes (curation/scenes.py)
+        "corrupt_packets": 0,
+        "candidates": [],  # every candidate clip with its scores, before the motion filter
+        "clips": [],  # the candidates after the motion filter and extraction: clips.parquet rows
+        "elapsed_s": None,
+    }
+    rec.update(fields)
+    return rec
+
+
+# What a refilter takes over from a record whose analysis is still valid.
+ANALYSIS_FIELDS = ("probe", "num_scenes", "cuts", "transitions", "corrupt_packets", "candidates", "reason")
+# What extraction sets on a kept clip row (from the encoded mp4).
+EXTRACTED_FIELDS = ("num_frames", "fps", "width", "height", "duration", "timing", "variable_fps")
+SCORE_KEYS = (
+    "motion_mean",
+    "motion_peak",
+    "frame_diff_mean",
+    "flow_mean",
+    "shift_mean",
+    "shake_rate",
+    "shake_amplitude",
+)
+
+
+def seal(out: Path, rec: dict) -> dict:
+    wd = work_dir(out, rec["source_id"])
+    wd.mkdir(parents=True, exist_ok=True)
+    write_atomic(wd / "record.json", json.dumps(rec, indent=1))
+    return rec
+
+
 # ----------------------------------------------------------------------------- stage 1: per source
 
 
+def limit_threads() -> None:
+    """One source per worker process: OpenCV gets one thread (no oversubscription). Decoder and
+    encoder threads come from analysis.threads and extract.threads. bench/curation.py calls this too."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def process_source(task: dict) -> dict:
-    """Probe, analyse, cut, filter and extract one source; seal OUT/work/<id>/record.json.
+    """Analyse (or take over a valid analysis), filter and extract one source; seal its record.
 
     Never raises: any failure becomes the record's status and reason.
     """
-    import cv2
-
-    cv2.setNumThreads(1)  # one source per worker process: no thread oversubscription (as bench/curation.py)
+    limit_threads()
     t0 = time.time()
     cfg: CurateConfig = task["cfg"]
     out = Path(task["out"])
     src = Source(**task["source"])
-    rec = {
-        "source_id": src.source_id,
-        "path": src.path,
-        "sha256": src.sha256,
-        "config_hash": task["config_hash"],
-        "status": "ok",
-        "reason": "",
-        "probe": None,
-        "num_scenes": 0,
-        "cuts": [],
-        "corrupt_packets": 0,
-        "clips": [],
-    }
+    rec = new_record(task["source"], task["hashes"])
     wd = work_dir(out, src.source_id)
+    prior = task.get("prior")
     try:
-        _process(src, cfg, out, wd, rec)
+        if prior:  # same analysis settings: its candidates and scores stand, nothing is decoded for them
+            rec.update({k: prior[k] for k in ANALYSIS_FIELDS})
+            frame_pts = None
+        else:
+            frame_pts = analyse(src, cfg, out, wd, rec)
+        same_encoder = prior is not None and prior.get("extract_hash") == rec["extract_hash"]
+        filter_and_extract(src, cfg, wd, rec, frame_pts, reuse=prior if same_encoder else None)
     except Exception as e:  # noqa: BLE001 - a bad source must never stop the run
         from curation.probe import Rejected, Unreadable
 
@@ -119,19 +187,15 @@ def process_source(task: dict) -> dict:
         if not isinstance(e, (Rejected, Unreadable)):
             rec["traceback"] = traceback.format_exc(limit=8)
     rec["elapsed_s"] = round(time.time() - t0, 3)
-    wd.mkdir(parents=True, exist_ok=True)
-    write_atomic(wd / "record.json", json.dumps(rec, indent=1))
-    return rec
+    return seal(out, rec)
 
 
-def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> None:
-    import cv2
-
-    from curation import motion
-    from curation.analysis import analyze, encode_jpeg
-    from curation.clips import ClipSpec, extract
+def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> list:
+    """Probe, one decode pass, candidate clips with their scores, thumbnails and caption frames.
+    Fills rec's analysis fields; returns the pts of every frame (for extraction)."""
+    from curation.analysis import analyze
     from curation.probe import Unreadable, check, probe
-    from curation.scenes import candidates
+    from curation.scenes import candidates, find_transitions
 
     if src.error:
         raise Unreadable(src.error)
@@ -149,68 +213,152 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
     rec["cuts"], rec["corrupt_packets"] = a.cuts, a.corrupt_packets
     if a.corrupt_packets:
         rec["reason"] = f"{a.corrupt_packets} corrupt packet(s) skipped while decoding"
-    fps = info.fps
-    cands = candidates(src.source_id, a.cuts, a.num_frames, a.diffs, a.luma, fps, cfg.clips)
+    transitions = find_transitions(a.lin_ratio, a.lin_diff, a.tiny, a.luma, a.cuts, info.fps, cfg.clips)
+    rec["transitions"] = [list(t) for t in transitions]
+    cands = candidates(src.source_id, a.cuts, transitions, a.luma, a.times, cfg.clips)
     rec["num_scenes"] = len(a.cuts) + 1
     spans = source_caption_spans(src.path, src.caption)
-    (wd / "clips").mkdir(parents=True, exist_ok=True)
     (wd / "frames").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    rows, specs = [], []
-    for c in cands:
-        s = motion.scores(a, c.start, c.end)
-        row = {
-            "key": c.key,
-            "source_id": src.source_id,
-            "scene_index": c.scene_index,
-            "clip_index": c.clip_index,
-            "start_frame": c.start,
-            "end_frame": c.end,
-            "start_seconds": c.start / fps,
-            "end_seconds": c.end / fps,
-            "num_frames": c.end - c.start,
-            "duration": (c.end - c.start) / fps,
-            "fps": fps,
-            "width": info.width,
-            "height": info.height,
-            **{k: s[k] for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")},
-            "kept": False,
-            "stage": "",
-            "reason": "",
-            "source_caption": caption_for(spans, c.start, c.end),
-            "thumb": "",
-            "phash": None,
-        }
-        if c.dropped:
-            row["stage"], row["reason"] = "scene", c.dropped
-        elif reason := motion.reject_reason(s, cfg.motion):
-            row["stage"], row["reason"] = "motion", reason
-        else:
-            specs.append(ClipSpec(c.key, c.start, c.end, str(wd / "clips" / f"{c.key}.mp4")))
-        # thumbnails for every candidate, kept or not
-        frames = a.kept_frames(c.start, c.end, cfg.clips.thumb_frames)
-        if not frames and a.kept:
-            near = min(a.kept, key=lambda i: abs(i - c.start))
-            frames = a.kept_frames(near, near + 1, 1)
-        if frames:
-            strip = _strip([f for _, f in frames], cfg.clips.thumb_height)
-            write_atomic(out / "thumbs" / f"{c.key}.jpg", encode_jpeg(strip))
-            row["thumb"] = f"thumbs/{c.key}.jpg"
-        rows.append(row)
-    results = {
-        r.key: r
-        for r in extract(
-            src.path,
-            specs,
-            source_rate=info.rate,
-            rotation=info.rotation,
-            cfg=cfg.extract,
-            threads=cfg.analysis.threads,
-            frame_pts=a.frame_pts,
-        )
+    frames = {"pts": a.frame_pts, "times": a.times.tolist()}
+    write_atomic(wd / "frame_pts.json", json.dumps(frames))  # a later refilter may extract
+    rec["candidates"] = [candidate_row(c, src, info, a, spans, cfg, out, wd) for c in cands]
+    return frames
+
+
+def candidate_row(c, src: Source, info, a, spans: list, cfg: CurateConfig, out: Path, wd: Path) -> dict:
+    """One candidate clip's row before the motion filter: its span, scores, thumbnail and (unless
+    the scene stage dropped it) the frames kept for captioning and its perceptual hash."""
+    from curation import motion
+
+    fps = info.fps
+    row = {
+        "key": c.key,
+        "source_id": src.source_id,
+        "scene_index": c.scene_index,
+        "clip_index": c.clip_index,
+        "start_frame": c.start,
+        "end_frame": c.end,
+        "start_seconds": float(a.times[c.start]),  # true timestamps (variable frame rates)
+        "end_seconds": float(a.times[c.end]),
+        "num_frames": c.end - c.start,
+        "duration": float(a.times[c.end] - a.times[c.start]),
+        "timing": "",  # set at extraction: source | cfr (curation/clips.py)
+        "variable_fps": None,
+        "boundary_start": c.boundary_start,
+        "boundary_end": c.boundary_end,
+        "trim_start": c.trim_start,
+        "trim_end": c.trim_end,
+        "fps": fps,
+        "width": info.width,
+        "height": info.height,
+        **motion.scores(a, c.start, c.end),  # all of them: a refilter reads them back
+        "kept": False,
+        "stage": "scene" if c.dropped else "",
+        "reason": c.dropped or "",
+        "source_caption": caption_for(spans, c.start, c.end),
+        "thumb": write_thumb(a, c.key, c.start, c.end, cfg, out),
+        "phash": None,
     }
+    if not c.dropped:
+        keep_caption_frames(a, row, cfg, wd)
+    return row
+
+
+def write_thumb(a, key: str, start: int, end: int, cfg: CurateConfig, out: Path) -> str:
+    """A strip of kept frames for every candidate, kept or not: thumbs/<key>.jpg ('' if none)."""
+    from curation.analysis import encode_jpeg
+
+    frames = a.kept_frames(start, end, cfg.clips.thumb_frames)
+    if not frames and a.kept:
+        near = min(a.kept, key=lambda i: abs(i - start))
+        frames = a.kept_frames(near, near + 1, 1)
+    if not frames:
+        return ""
+    write_atomic(
+        out / "thumbs" / f"{key}.jpg", encode_jpeg(_strip([f for _, f in frames], cfg.clips.thumb_height))
+    )
+    return f"thumbs/{key}.jpg"
+
+
+def keep_caption_frames(a, row: dict, cfg: CurateConfig, wd: Path) -> None:
+    """K frames for the captioner and the perceptual hash, stored as one JPEG strip."""
+    import cv2
+
+    from curation.analysis import encode_jpeg
+
+    frames = [f for _, f in a.kept_frames(row["start_frame"], row["end_frame"], cfg.caption.frames_per_clip)]
+    if not frames:
+        return
+    h = min(f.shape[0] for f in frames)
+    tiles = [f if f.shape[0] == h else cv2.resize(f, (round(f.shape[1] * h / f.shape[0]), h)) for f in frames]
+    write_atomic(wd / "frames" / f"{row['key']}.jpg", encode_jpeg(np.concatenate(tiles, axis=1), 95))
+    row["caption_frames"] = len(tiles)
+    if cfg.dedup.enabled:
+        from curation import dedup
+
+        row["phash"] = int(dedup.phash(np.stack(tiles)))
+
+
+def filter_and_extract(
+    src: Source, cfg: CurateConfig, wd: Path, rec: dict, frame_pts: dict | None, reuse: dict | None
+) -> None:
+    """Motion filter over the candidates' stored scores, then frame-accurate extraction of the clips
+    that pass; clips that `reuse` (a record made with the same encoder settings) kept are not
+    encoded again. Sets rec["clips"]."""
+    from curation import motion
+    from curation.clips import ClipSpec
+
+    (wd / "clips").mkdir(parents=True, exist_ok=True)
+    before = {c["key"]: c for c in (reuse or {}).get("clips", []) if c["kept"]}
+    rows, specs = [], []
+    for cand in rec["candidates"]:
+        row = dict(cand)
+        mp4 = wd / "clips" / f"{row['key']}.mp4"
+        if row["stage"] == "scene":
+            pass
+        elif reason := motion.reject_reason(row, cfg.motion):
+            row["stage"], row["reason"] = "motion", reason
+        elif row["key"] in before and mp4.exists():
+            row.update({k: before[row["key"]][k] for k in EXTRACTED_FIELDS}, kept=True, stage="kept")
+        else:
+            specs.append(ClipSpec(row["key"], row["start_frame"], row["end_frame"], str(mp4)))
+        rows.append(row)
+    if specs:
+        extract_clips(src, cfg, wd, rec["probe"], specs, rows, frame_pts)
+    kept = {row["key"] for row in rows if row["kept"]}
+    for mp4 in (wd / "clips").glob("*.mp4"):  # clips a tightened threshold no longer keeps
+        if mp4.stem not in kept:
+            mp4.unlink()
+    rec["clips"] = rows
+
+
+def extract_clips(
+    src: Source, cfg: CurateConfig, wd: Path, probe: dict, specs: list, rows: list, frame_pts: dict | None
+) -> None:
+    """Encode `specs` from the source in one forward decode; mark their rows kept (with the mp4's
+    frame count, rate and size) or dropped at stage `extract`."""
+    from curation.clips import extract
+    from curation.probe import ProbeInfo
+
+    info = ProbeInfo(**probe)
+    if (
+        frame_pts is None
+    ):  # a refilter: the analysis pass's frame pts and times were stored next to the record
+        frame_pts = json.loads((wd / "frame_pts.json").read_text())
+    results = extract(
+        src.path,
+        specs,
+        source_rate=info.rate,
+        rotation=info.rotation,
+        cfg=cfg.extract,
+        threads=cfg.analysis.threads,
+        frame_pts=frame_pts["pts"],
+        frame_times=np.asarray(frame_pts["times"], np.float64),
+    )
+    by_key = {r.key: r for r in results}
     for row in rows:
-        r = results.get(row["key"])
+        r = by_key.get(row["key"])
         if r is None:
             continue
         if r.error:
@@ -223,73 +371,142 @@ def _process(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> 
             fps=r.fps,
             width=r.width,
             height=r.height,
-            duration=r.num_frames / r.fps,
+            duration=r.duration,
+            timing=r.timing,
+            variable_fps=r.variable_fps,
         )
-        # K frames for the captioner and the perceptual hash, stored as one JPEG strip
-        frames = [
-            f for _, f in a.kept_frames(row["start_frame"], row["end_frame"], cfg.caption.frames_per_clip)
-        ]
-        if frames:
-            h = min(f.shape[0] for f in frames)
-            tiles = [
-                f if f.shape[0] == h else cv2.resize(f, (round(f.shape[1] * h / f.shape[0]), h))
-                for f in frames
-            ]
-            write_atomic(wd / "frames" / f"{row['key']}.jpg", encode_jpeg(np.concatenate(tiles, axis=1), 95))
-            row["caption_frames"] = len(tiles)
-            if cfg.dedup.enabled:
-                from curation import dedup
-
-                row["phash"] = int(dedup.phash(np.stack(tiles)))
-    rec["clips"] = rows
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def _crash_record(out: Path, chash: str):
-    def on_crash(task: dict, msg: str) -> dict:
-        s = task["source"]
-        return {
-            "source_id": s["source_id"],
-            "path": s["path"],
-            "sha256": s["sha256"],
-            "config_hash": chash,
-            "status": "error",
-            "reason": msg,
-            "probe": None,
-            "num_scenes": 0,
-            "cuts": [],
-            "clips": [],
-            "corrupt_packets": 0,
-            "elapsed_s": None,
-        }
-
-    return on_crash
-
-
-def load_records(out: Path, sources: list[Source], chash: str, on_change: str) -> tuple[dict, list[str]]:
-    """Sealed records of this config by source_id, and the ids sealed under another config."""
-    done, changed = {}, []
+def plan(out: Path, sources: list[Source], hashes: dict, cfg: CurateConfig) -> tuple[dict, list, list]:
+    """From the sealed records: (records that stand, by source_id; [(source, prior record or None)]
+    to process; ids sealed under settings that need on_config_change=redo)."""
+    done, todo, changed = {}, [], []
     for s in sources:
+        rec = None
         p = work_dir(out, s.source_id) / "record.json"
-        if not p.exists():
-            continue
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue  # a torn record cannot exist (atomic rename), but never trust one
-        if rec.get("config_hash") != chash:
+        if p.exists():
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                rec = None  # a torn record cannot exist (atomic rename), but never trust one
+        if rec is None:
+            todo.append((s, None))
+        elif cfg.retry_errors and rec["status"] == "error":
+            todo.append((s, None))
+        elif rec.get("config_hash") == hashes["source"]:
+            done[s.source_id] = rec
+        elif rec.get("analysis_hash") != hashes["analysis"]:
             changed.append(s.source_id)
-            continue
-        done[s.source_id] = rec
-    if changed and on_change == "error":
+            todo.append((s, None))
+        elif rec["status"] != "ok":  # failed before the motion filter: a new threshold changes nothing
+            done[s.source_id] = dict(rec, config_hash=hashes["source"], extract_hash=hashes["extract"])
+        elif rec.get("extract_hash") == hashes["extract"]:
+            todo.append((s, rec))  # only motion thresholds changed: refilter the stored scores
+        else:
+            changed.append(s.source_id)  # encoder settings changed: every kept clip is encoded again
+            todo.append((s, rec))
+    if changed and cfg.on_config_change == "error":
         raise ConfigChanged(
-            f"{out} holds results of {len(changed)} source(s) made with a different config "
-            f"(e.g. {changed[0]}); this run's config hash is {chash}. Use a new out=<dir>, restore the "
-            "old settings, or pass on_config_change=redo to reprocess those sources with this config."
+            f"{out} holds results of {len(changed)} source(s) made with a different config (analysis "
+            f"or extract settings; e.g. {changed[0]}); this run's source hash is {hashes['source']}. Use a new "
+            "out=<dir>, restore the old settings, or pass on_config_change=redo to reprocess those "
+            "sources with this config."
         )
-    return done, changed
+    return done, todo, changed
+
+
+def _executor(cfg: CurateConfig):
+    """`map(fn, tasks, on_crash)` over the configured executor (results in completion order)."""
+    common = dict(timeout_s=cfg.source_timeout_s, retries=cfg.retries)
+    if cfg.executor == "ray":
+        return lambda fn, tasks, on_crash: executors.run_ray(
+            fn,
+            tasks,
+            address=cfg.ray.address,
+            num_cpus=cfg.ray.num_cpus or cfg.workers,
+            workers=cfg.workers,
+            on_crash=on_crash,
+            **common,
+        )
+    return lambda fn, tasks, on_crash: executors.run_local(
+        fn, tasks, workers=cfg.workers, on_crash=on_crash, **common
+    )
+
+
+def _hash_failed(chunk: list[str], msg: str) -> list[tuple]:
+    return [(path, None, None, "", f"hashing failed: {msg}") for path in chunk]
+
+
+def find_sources(cfg: CurateConfig, out: Path, run_tasks) -> list[Source]:
+    workers = cfg.workers or executors.default_workers()
+    return discover(
+        cfg.raw,
+        progress=cfg.progress,
+        exclude=str(out),
+        limit=cfg.limit,
+        run_tasks=lambda fn, tasks: run_tasks(fn, tasks, _hash_failed),
+        chunks=8 * workers,
+        cache=out / "work" / "hashes.json",
+    )
+
+
+def process_all(cfg: CurateConfig, out: Path, todo: list, hashes: dict, done: dict, run_tasks) -> None:
+    """Run process_source over `todo` (completion order, progress bar); records land in `done`."""
+
+    def on_crash(task: dict, msg: str) -> dict:  # timeout or a worker that kept dying: sealed
+        return seal(out, new_record(task["source"], hashes, status="error", reason=msg))
+
+    tasks = (
+        {"source": asdict(s), "cfg": cfg, "out": str(out), "hashes": hashes, "prior": prior}
+        for s, prior in todo
+    )
+    counts = {"ok": 0, "rejected": 0, "error": 0}
+    bar = tqdm(total=len(todo), desc="sources", unit="src", disable=not cfg.progress)
+    if done:
+        bar.write(f"resuming: {len(done)} source(s) already done, {len(todo)} to go")
+    for rec in run_tasks(process_source, _Sized(tasks, len(todo)), on_crash):
+        done[rec["source_id"]] = rec
+        counts[rec["status"]] += 1
+        if rec["status"] != "ok":
+            bar.write(f"{rec['status']}: {rec['path']}: {rec['reason']}")  # one line per failed source
+        bar.update()
+        bar.set_postfix(counts, refresh=False)
+    bar.close()
+
+
+class _Sized:
+    """A lazy iterable that knows its length (executors size their pool by it)."""
+
+    def __init__(self, it, n: int):
+        self.it, self.n = it, n
+
+    def __iter__(self):
+        return iter(self.it)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def all_records(found: list[Source], unique: dict, done: dict, hashes: dict) -> list[dict]:
+    """One record per file: processed ones, byte-identical copies (rejected, pointing at the first
+    path), and files that are not videos (skipped, with the reason)."""
+    records = [done[s.source_id] for s in unique.values()]
+    for s in found:
+        if s.skipped:
+            records.append(new_record(asdict(s), hashes, status="skipped", reason=s.skipped, elapsed_s=0.0))
+            continue
+        first = unique[s.sha256 or s.source_id]
+        if first.path != s.path:  # one source (never in both splits), each copy keeps a row
+            probe = done[first.source_id].get("probe")
+            records.append(
+                new_record(
+                    asdict(s), hashes, "rejected", f"same content as {first.path}", probe=probe, elapsed_s=0.0
+                )
+            )
+    return records
 
 
 def run(cfg: CurateConfig) -> dict:
@@ -297,81 +514,34 @@ def run(cfg: CurateConfig) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    chash = source_hash(cfg)  # stamps per-source records (config.SOURCE_KEYS)
+    hashes = stage_hashes(cfg)
     if cfg.caption.enabled:  # fail before any processing when weights are missing
         from curation.captions import check_weights
 
         check_weights(cfg.caption)
-    found = discover(cfg.raw, progress=cfg.progress, exclude=str(out))
-    sources = [s for s in found if not s.skipped]
-    if not sources:
-        raise FileNotFoundError(
-            f"no video files found in raw={cfg.raw!r} (extensions: mp4 mov mkv webm avi m4v; "
-            f"{len(found)} other file(s) skipped)"
-        )
-    unique: dict[str, Source] = {}  # content hash -> the first source with those bytes
-    for s in sources:
-        unique.setdefault(s.sha256 or s.source_id, s)
-    originals = {s.source_id: s for s in unique.values()}
-    done, changed = load_records(out, list(unique.values()), chash, cfg.on_config_change)
-    write_atomic(
-        out / "run.json",
-        json.dumps(
-            {"config_hash": config_hash(cfg), "source_hash": chash, "config": to_dict(cfg)},
-            indent=1,
-            default=str,
-        ),
-    )
-    todo = [s for sid, s in originals.items() if sid not in done]
-    tasks = [{"source": asdict(s), "cfg": cfg, "out": str(out), "config_hash": chash} for s in todo]
-    on_crash = _crash_record(out, chash)
-    if cfg.executor == "ray":
-        results = executors.run_ray(
-            process_source,
-            tasks,
-            address=cfg.ray.address,
-            num_cpus=cfg.ray.num_cpus or cfg.workers,
-            on_crash=on_crash,
-        )
-    else:
-        results = executors.run_local(process_source, tasks, workers=cfg.workers, on_crash=on_crash)
-    counts = {"ok": 0, "rejected": 0, "error": 0, "skipped": 0}
-    bar = tqdm(total=len(tasks), desc="sources", unit="src", disable=not cfg.progress)
-    if done:
-        bar.write(f"resuming: {len(done)} source(s) already done, {len(tasks)} to go")
-    for rec in results:
-        done[rec["source_id"]] = rec
-        counts[rec["status"]] += 1
-        if rec["status"] != "ok":
-            bar.write(f"{rec['status']}: {rec['path']}: {rec['reason']}")  # one line per failed source
-        bar.update()
-        bar.set_postfix(counts)
-    bar.close()
-    records = [done[sid] for sid in originals]
-    for s in sources:  # byte-identical copies: one source (never in both splits), each keeps a row
-        first = unique[s.sha256 or s.source_id]
-        if first.path != s.path:
-            records.append(
-                {
-                    "source_id": s.source_id,
-                    "path": s.path,
-                    "sha256": s.sha256,
-                    "config_hash": chash,
-                    "status": "rejected",
-                    "reason": f"same content as {first.path}",
-                    "probe": done[first.source_id].get("probe"),
-                    "num_scenes": 0,
-                    "cuts": [],
-                    "clips": [],
-                    "corrupt_packets": 0,
-                    "elapsed_s": 0.0,
-                }
+    run_tasks = _executor(cfg)
+    with executors.session(cfg.executor, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus or cfg.workers):
+        found = find_sources(cfg, out, run_tasks)
+        sources = [s for s in found if not s.skipped]
+        if not sources:
+            raise FileNotFoundError(
+                f"no video files found in raw={cfg.raw!r} (extensions: mp4 mov mkv webm avi m4v; "
+                f"{len(found)} other file(s) skipped)"
             )
-    for s in found:  # every file in RAW has a row: non-videos as `skipped` with the reason
-        if s.skipped:
-            rec = on_crash({"source": asdict(s)}, s.skipped)
-            rec.update(status="skipped", elapsed_s=0.0)
-            records.append(rec)
+        unique: dict[str, Source] = {}  # content hash -> the first source with those bytes
+        for s in sources:
+            unique.setdefault(s.sha256 or s.source_id, s)
+        done, todo, changed = plan(out, list(unique.values()), hashes, cfg)
+        write_atomic(
+            out / "run.json",
+            json.dumps(
+                {"config_hash": config_hash(cfg), "source_hash": hashes["source"], "config": to_dict(cfg)},
+                indent=1,
+                default=str,
+            ),
+        )
+        process_all(cfg, out, todo, hashes, done, run_tasks)
+    records = all_records(found, unique, done, hashes)
     if cfg.caption.enabled:
         caption_sources(
             [r for r in records if r["status"] == "ok"], cfg, out, caption_hash(cfg), cfg.progress
@@ -381,17 +551,16 @@ def run(cfg: CurateConfig) -> dict:
         "config_hash": config_hash(cfg),
         "workers": cfg.workers or executors.default_workers(),
         "executor": cfg.executor,
-        "sources_processed": len(tasks),
-        "sources_resumed": len(records) - len(tasks),
+        "sources_processed": len(todo),
+        "sources_refiltered": sum(prior is not None for _, prior in todo),
+        "sources_resumed": len(records) - len(todo),
         "config_changed_sources": changed,
         "source_frames": int(sum((r.get("probe") or {}).get("num_frames") or 0 for r in records)),
     }
-    rep = finalize(records, cfg, out, run_info)
-    failures = [
+    rep = dict(finalize(records, cfg, out, run_info) or {})
+    rep["failures"] = [
         (r["path"], r["status"], r["reason"]) for r in records if r["status"] not in ("ok", "skipped")
     ]
-    rep = dict(rep or {})
-    rep["failures"] = failures
     rep["skipped"] = [(r["path"], r["reason"]) for r in records if r["status"] == "skipped"]
     rep["num_ok"] = sum(r["status"] == "ok" for r in records)
     return rep

@@ -1,7 +1,8 @@
 """Probe a source with PyAV: facts for sources.parquet, or a clear reason to reject it.
 
 The frame count comes from demuxing every video packet (no decoding: cheap), which also tells
-whether timestamps are evenly spaced (constant frame rate). The first frame is decoded to prove
+whether timestamps are evenly spaced (constant frame rate); a variable-rate source's duration is
+the span of its timestamps (its fps is the container's average rate). The first frame is decoded to prove
 the stream is decodable and to read its display rotation.
 """
 
@@ -74,14 +75,18 @@ def probe(path: str) -> ProbeInfo:
         except av.FFmpegError as e:
             raise Unreadable(f"demuxing failed after {len(pts)} packets: {e}") from None
         codec = stream.codec_context.name
+        time_base = stream.time_base
         width, height = first.width, first.height
     if rotation in (90, 270):
         width, height = height, width
     num_frames = len(pts)
     gaps = np.diff(np.sort(np.asarray(pts, dtype=np.int64)))
     variable = bool(gaps.size and (gaps.max() - gaps.min()) > max(1, 0.02 * np.median(gaps)))
+    duration = num_frames / float(rate)
+    if variable:  # true span of the timestamps, the last frame lasting as long as the one before
+        duration = float((int(gaps.sum()) + int(gaps[-1])) * Fraction(time_base))
     return ProbeInfo(
-        duration=num_frames / float(rate),
+        duration=duration,
         fps=float(rate),
         fps_fraction=f"{rate.numerator}/{rate.denominator}",
         variable_fps=variable,

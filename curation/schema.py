@@ -5,7 +5,8 @@ A shard is a plain WebDataset tar: every member of one sample shares a key (no d
 and the extension names the field. Any webdataset user reads it with
 `webdataset.WebDataset(url)` and no project code:
 
-    key.mp4      H.264 yuv420p, constant fps, exactly the clip's frames
+    key.mp4      H.264 yuv420p, exactly the clip's frames; constant fps, except a variable-rate
+                 source's clip kept at its true frame times (json timing.variable_fps)
     key.txt      the chosen caption (utf-8)
     key.json     ClipMeta below, as a JSON object
     key.emb.npy  CLIP image embedding, float16, shape (D,) (only when captioning ran)
@@ -30,6 +31,9 @@ LATENT = "latent.npy"
 SPLITS = ("train", "val")
 SHARD_PATTERN = "{split}-%06d.tar"  # under OUT/shards/
 SHARD_INDEX = "index.json"  # OUT/shards/index.json
+# per-shard columns of index.json ("clips": {field: [one value per clip, in shard order]}): what a
+# loader needs to size an epoch (buckets, packing) without reading a tar
+INDEX_CLIP_FIELDS = ("key", "num_frames", "fps", "height", "width")
 
 # Keys of the per-sample json (values: what they hold). Producers write all of the required ones;
 # consumers may rely on them being present.
@@ -40,9 +44,9 @@ REQUIRED_META = {
     "source_sha256": "content hash of the source file",
     "start_frame": "first source frame of the clip (inclusive)",
     "end_frame": "last source frame of the clip (exclusive)",
-    "start_seconds": "start_frame / source fps",
-    "end_seconds": "end_frame / source fps",
-    "fps": "frame rate of the clip's mp4 (float)",
+    "start_seconds": "presentation time of start_frame in the source (seconds from its first frame)",
+    "end_seconds": "presentation time at which the clip ends in the source",
+    "fps": "frame rate of the clip's mp4 (float; frames / duration when timing.variable_fps)",
     "num_frames": "exact number of frames in the clip's mp4",
     "width": "width of the clip's mp4 in pixels",
     "height": "height of the clip's mp4 in pixels",
@@ -55,6 +59,7 @@ OPTIONAL_META = {
     "caption": "the chosen caption (same as key.txt)",
     "caption_origin": "'source' | 'coca' | 'retrieval'",
     "caption_candidates": "list of {text, origin, score}",
+    "timing": "{mode: 'source' (true frame times) | 'cfr' (resampled to extract.fps), variable_fps, duration}",
     "label": "integer class label, when the dataset has one",
 }
 

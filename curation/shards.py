@@ -19,7 +19,18 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from curation.schema import EMB, JSON, MP4, SHARD_INDEX, SHARD_PATTERN, SPLITS, TXT, check_key, missing_meta
+from curation.schema import (
+    EMB,
+    INDEX_CLIP_FIELDS,
+    JSON,
+    MP4,
+    SHARD_INDEX,
+    SHARD_PATTERN,
+    SPLITS,
+    TXT,
+    check_key,
+    missing_meta,
+)
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -67,8 +78,11 @@ def write_shards(
                     sink.write(sample)
                     name = os.path.basename(sink.fname)
                     where[s["key"]] = name
-                    info = shards.setdefault(name, {"name": name, "count": 0, "seconds": 0.0})
+                    info = shards.setdefault(name, {"name": name, "count": 0, "seconds": 0.0,
+                                                    "clips": {f: [] for f in INDEX_CLIP_FIELDS}})  # fmt: skip
                     info["count"] += 1
+                    for f in INDEX_CLIP_FIELDS:  # what a loader needs to size an epoch, no tar read
+                        info["clips"][f].append(meta[f])
                     seconds = meta["num_frames"] / meta["fps"]
                     info["seconds"] += seconds
                     hist[f"{min(meta['width'], meta['height'])}p {duration_bucket(seconds)}"] += 1
@@ -95,3 +109,62 @@ def write_shards(
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return where
+
+
+def shard_samples(
+    clips: list[dict], records: list[dict], out: Path, embeddings: dict, calibrated: bool
+) -> list:
+    """The kept clips as shard samples (json per the contract in curation/schema.py), in final
+    order: by split, source, key."""
+    from curation.schema import PIPELINE_VERSION
+    from curation.workdir import work_dir
+
+    by_id = {r["source_id"]: r for r in records if r["status"] == "ok"}
+    samples = []
+    for c in sorted((c for c in clips if c["kept"]), key=lambda c: (c["split"], c["source_id"], c["key"])):
+        rec = by_id[c["source_id"]]
+        meta = {
+            "key": c["key"],
+            "source_id": c["source_id"],
+            "source_path": rec["path"],
+            "source_sha256": rec["sha256"],
+            "start_frame": c["start_frame"],
+            "end_frame": c["end_frame"],
+            "start_seconds": c["start_seconds"],
+            "end_seconds": c["end_seconds"],
+            "fps": c["fps"],
+            "num_frames": c["num_frames"],
+            "width": c["width"],
+            "height": c["height"],
+            "split": c["split"],
+            "pipeline_version": PIPELINE_VERSION,
+            "source_fps": rec["probe"]["fps"],
+            # source: every frame at its true time (variable-rate when variable_fps); cfr: resampled
+            "timing": {
+                "mode": c.get("timing"),
+                "variable_fps": c.get("variable_fps"),
+                "duration": c["duration"],
+            },
+            "motion": {
+                k: c[k]
+                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
+                + ("shake_rate", "shake_amplitude")
+            },
+            "clip_score": c["clip_score"],
+            "caption": c["caption"],
+            "caption_origin": c["caption_origin"],
+            "caption_candidates": c["caption_candidates"],
+        }
+        if c["key"] in embeddings:
+            meta["clip_calibrated"] = calibrated
+        samples.append(
+            {
+                "key": c["key"],
+                "split": c["split"],
+                "txt": c["caption"],
+                "json": meta,
+                "mp4_path": str(work_dir(out, c["source_id"]) / "clips" / f"{c['key']}.mp4"),
+                "emb": embeddings.get(c["key"]),
+            }
+        )
+    return samples

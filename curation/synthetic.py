@@ -54,8 +54,17 @@ TRANSITION_SECONDS = 0.5
 NORMAL_SPEED = 0.006  # pan speed of a normal scene, fraction of the frame diagonal per frame
 SHAKE = 0.06  # jump size in a fast scene, fraction of the frame diagonal
 
-COLOR_NAMES = [(0, "red"), (30, "orange"), (60, "yellow"), (120, "green"), (180, "cyan"),
-               (230, "blue"), (280, "purple"), (320, "magenta"), (360, "red")]
+COLOR_NAMES = [
+    (0, "red"),
+    (30, "orange"),
+    (60, "yellow"),
+    (120, "green"),
+    (180, "cyan"),
+    (230, "blue"),
+    (280, "purple"),
+    (320, "magenta"),
+    (360, "red"),
+]
 TEXTURES = ["striped", "rippled", "cloudy", "checkered"]
 SHAPES = ["circle", "square", "diamond"]
 
@@ -201,11 +210,18 @@ def _plan_video(i: int, rng: np.random.Generator, short_side: int, min_s: float,
     scenes, cuts, transitions, pos = [], [], [], 0
     for j in range(n_scenes):
         hue = hue0 + j * 137.5  # golden-angle steps: neighbours always far apart in hue
-        scene = Scene(width=width, height=height, motion=motions[j], hue=hue % 360,
-                      texture=TEXTURES[int(rng.integers(len(TEXTURES)))],
-                      shape=SHAPES[int(rng.integers(len(SHAPES)))],
-                      length=int(lengths[j]) + 2 * tr_len + 2, saturation=(0.9, 0.4)[j % 2],
-                      brightness=(1.0, 0.55)[j % 2], rng=rng)
+        scene = Scene(
+            width=width,
+            height=height,
+            motion=motions[j],
+            hue=hue % 360,
+            texture=TEXTURES[int(rng.integers(len(TEXTURES)))],
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            length=int(lengths[j]) + 2 * tr_len + 2,
+            saturation=(0.9, 0.4)[j % 2],
+            brightness=(1.0, 0.55)[j % 2],
+            rng=rng,
+        )
         if j > 0 and j - 1 != tr_after:
             cuts.append(pos)
         scenes.append({"start": pos, "end": pos + int(lengths[j]), "scene": scene})
@@ -214,8 +230,16 @@ def _plan_video(i: int, rng: np.random.Generator, short_side: int, min_s: float,
             transitions.append({"kind": transition, "start": pos, "end": pos + tr_len})
             pos += tr_len
     assert pos == num_frames, (pos, num_frames)
-    return {"aspect": aspect_name, "fps": fps, "width": width, "height": height,
-            "num_frames": num_frames, "scenes": scenes, "cuts": cuts, "transitions": transitions}
+    return {
+        "aspect": aspect_name,
+        "fps": fps,
+        "width": width,
+        "height": height,
+        "num_frames": num_frames,
+        "scenes": scenes,
+        "cuts": cuts,
+        "transitions": transitions,
+    }
 
 
 def _render(plan: dict, k: int) -> np.ndarray:
@@ -239,8 +263,17 @@ def _render(plan: dict, k: int) -> np.ndarray:
     raise IndexError(k)
 
 
-def encode_video(path: Path, frames, fps: Fraction, width: int, height: int, *, pix_fmt: str = "yuv420p",
-                 faststart: bool = True, pts=None) -> None:
+def encode_video(
+    path: Path,
+    frames,
+    fps: Fraction,
+    width: int,
+    height: int,
+    *,
+    pix_fmt: str = "yuv420p",
+    faststart: bool = True,
+    pts=None,
+) -> None:
     """Encode an iterable of (H, W, 3) uint8 RGB frames as H.264 mp4 with PyAV (deterministic).
 
     `pts`: optional explicit timestamps in units of 1/(fps * 1000) for variable-frame-rate files.
@@ -260,16 +293,52 @@ def encode_video(path: Path, frames, fps: Fraction, width: int, height: int, *, 
         container.mux(stream.encode())
 
 
+def camera_path_video(
+    path, offsets, *, fps: Fraction = Fraction(25), size: tuple[int, int] = (160, 96), seed: int = 0
+) -> None:
+    """One shot of a camera moving over a still textured scene along `offsets`: (n, 2) float
+    (dx, dy) in pixels, frame i shows the scene shifted by offsets[i] (sub-pixel, bilinear). The
+    known camera path makes test footage for motion scores: smooth pans, shake, jerks."""
+    import cv2
+
+    offsets = np.asarray(offsets, np.float64)
+    w, h = size
+    pad = int(np.ceil(np.abs(offsets).max())) + 4
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, ((h + 2 * pad) // 8 + 2, (w + 2 * pad) // 8 + 2, 3)).astype(np.float32)
+    fine = rng.uniform(-40, 40, (h + 2 * pad, w + 2 * pad, 1)).astype(np.float32)
+    scene = cv2.resize(coarse, (w + 2 * pad, h + 2 * pad), interpolation=cv2.INTER_CUBIC) + fine
+    scene = cv2.GaussianBlur(np.clip(scene, 0, 255), (0, 0), 1.0)  # texture at every scale
+
+    def frames():
+        for dx, dy in offsets:
+            m = np.float32([[1, 0, -(pad + dx)], [0, 1, -(pad + dy)]])
+            yield np.clip(cv2.warpAffine(scene, m, (w, h), flags=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+
+    encode_video(Path(path), frames(), fps, w, h)
+
+
 def _fps_label(fps: Fraction) -> str:
     return f"{float(fps):.2f}".rstrip("0").rstrip(".").replace(".", "p")
 
 
-def generate(out_dir, *, videos: int = 6, seed: int = 0, bad: bool = False, short_side: int = 144,
-             min_seconds: float = 5.0, max_seconds: float = 20.0, progress: bool = False) -> dict:
+def generate(
+    out_dir,
+    *,
+    videos: int = 6,
+    seed: int = 0,
+    bad: bool = False,
+    short_side: int = 144,
+    min_seconds: float = 5.0,
+    max_seconds: float = 20.0,
+    progress: bool = False,
+) -> dict:
     """Write `videos` synthetic videos (and, with `bad`, the bad-input corpus); return the manifest."""
     if videos < 1 or min_seconds <= 0 or max_seconds < min_seconds or short_side < 16:
-        raise ValueError(f"need videos >= 1, 0 < min_seconds <= max_seconds, short_side >= 16; got "
-                         f"videos={videos}, seconds=[{min_seconds}, {max_seconds}], short_side={short_side}")
+        raise ValueError(
+            f"need videos >= 1, 0 < min_seconds <= max_seconds, short_side >= 16; got "
+            f"videos={videos}, seconds=[{min_seconds}, {max_seconds}], short_side={short_side}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -284,21 +353,38 @@ def generate(out_dir, *, videos: int = 6, seed: int = 0, bad: bool = False, shor
         name = f"v{i:03d}_{plan['aspect']}_{_fps_label(plan['fps'])}fps"
         frames = (_render(plan, k) for k in range(plan["num_frames"]))
         encode_video(out / f"{name}.mp4", frames, plan["fps"], plan["width"], plan["height"])
-        scenes = [{"start": s["start"], "end": s["end"], "caption": s["scene"].caption,
-                   "motion": s["scene"].motion} for s in plan["scenes"]]
-        sidecar = {"captions": [{"start_frame": s["start"], "end_frame": s["end"], "caption": s["caption"]}
-                                for s in scenes]}
+        scenes = [
+            {"start": s["start"], "end": s["end"], "caption": s["scene"].caption, "motion": s["scene"].motion}
+            for s in plan["scenes"]
+        ]
+        sidecar = {
+            "captions": [
+                {"start_frame": s["start"], "end_frame": s["end"], "caption": s["caption"]} for s in scenes
+            ]
+        }
         (out / f"{name}.json").write_text(json.dumps(sidecar, indent=1))
         fps = plan["fps"]
-        manifest["videos"].append({
-            "file": f"{name}.mp4", "sidecar": f"{name}.json", "fps": float(fps),
-            "fps_fraction": f"{fps.numerator}/{fps.denominator}",
-            "width": plan["width"], "height": plan["height"], "num_frames": plan["num_frames"],
-            "duration": plan["num_frames"] / float(fps), "cuts": plan["cuts"],
-            "transitions": plan["transitions"], "scenes": scenes,
-            "static_spans": [{"start": s["start"], "end": s["end"]} for s in scenes if s["motion"] == "static"],
-            "fast_spans": [{"start": s["start"], "end": s["end"]} for s in scenes if s["motion"] == "fast"],
-        })
+        manifest["videos"].append(
+            {
+                "file": f"{name}.mp4",
+                "sidecar": f"{name}.json",
+                "fps": float(fps),
+                "fps_fraction": f"{fps.numerator}/{fps.denominator}",
+                "width": plan["width"],
+                "height": plan["height"],
+                "num_frames": plan["num_frames"],
+                "duration": plan["num_frames"] / float(fps),
+                "cuts": plan["cuts"],
+                "transitions": plan["transitions"],
+                "scenes": scenes,
+                "static_spans": [
+                    {"start": s["start"], "end": s["end"]} for s in scenes if s["motion"] == "static"
+                ],
+                "fast_spans": [
+                    {"start": s["start"], "end": s["end"]} for s in scenes if s["motion"] == "fast"
+                ],
+            }
+        )
     if bad:
         from curation._bad_inputs import write_bad_inputs
 
@@ -317,11 +403,21 @@ def main(argv=None) -> None:
     p.add_argument("--min-seconds", type=float, default=5.0, help="shortest video length")
     p.add_argument("--max-seconds", type=float, default=20.0, help="longest video length")
     a = p.parse_args(argv)
-    m = generate(a.out, videos=a.videos, seed=a.seed, bad=a.bad, short_side=a.short_side,
-                 min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=True)
+    m = generate(
+        a.out,
+        videos=a.videos,
+        seed=a.seed,
+        bad=a.bad,
+        short_side=a.short_side,
+        min_seconds=a.min_seconds,
+        max_seconds=a.max_seconds,
+        progress=True,
+    )
     frames = sum(v["num_frames"] for v in m["videos"])
-    print(f"wrote {len(m['videos'])} videos ({frames} frames), {len(m['bad'])} bad inputs and "
-          f"{Path(a.out) / 'manifest.json'}")
+    print(
+        f"wrote {len(m['videos'])} videos ({frames} frames), {len(m['bad'])} bad inputs and "
+        f"{Path(a.out) / 'manifest.json'}"
+    )
 
 
 if __name__ == "__main__":

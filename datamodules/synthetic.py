@@ -107,7 +107,10 @@ class _TrainLoader(ResumableLoaderMixin, DataLoader):
     """The training loader: (seed, epoch)-shuffled batches that resume exactly mid-epoch."""
 
     def __iter__(self):  # Lightning has set the sampler's epoch before this
-        return self._resumable(super().__iter__(), getattr(self.sampler, "epoch", 0))
+        epoch, skip = self._resume_skip(getattr(self.sampler, "epoch", 0))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)  # a resume from the last batch of an epoch starts the next
+        return self._resumable(super().__iter__(), epoch, skip=skip)
 
 
 class SyntheticVideoDataModule(L.LightningDataModule):

@@ -31,6 +31,7 @@ from lightning_modules.diffusion.masks import MaskGenerator, align_to_tubelets
 from lightning_modules.diffusion.samplers import sample
 from lightning_modules.nets.codecs import IdentityCodec, LatentCodec, build_from_spec
 from lightning_modules.nets.dit import DIT_PRESETS, VideoDiT
+from lightning_modules.nets.init_from import init_from_image_dit, load_image_dit_checkpoint
 from lightning_modules.nets.text import OpenCLIPTextEncoder
 
 OBJECTIVES = {"diffusion": GaussianDiffusion, "flow": RectifiedFlow}
@@ -50,8 +51,13 @@ class DiTConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float | None = None
-    block_type: Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "full"] | None = None
-    pos_embed: Literal["rope", "sincos"] | None = None
+    block_type: (
+        Literal["factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full"] | None
+    ) = None
+    pos_embed: Literal["rope", "sincos", "sincos_framewise"] | None = None
+    causal: bool | None = None  # frame-causal temporal / full attention
+    cond_injection: Literal["adaln", "in_context"] | None = None
+    frame_cond: Literal["concat", "cross_attn", "adaln"] | None = None  # VDT's given-frame schemes
     attn_backend: Literal["sdpa", "sdpa_dense", "flex", "flash"] | None = None
     grad_checkpointing: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # any other VideoDiT keyword
@@ -105,6 +111,14 @@ class VideoDiffusion(L.LightningModule):
         sampler, sample_steps, eta, cfg_scale: defaults of `generate` (sampler None = DDIM for
             diffusion, Euler for flow).
         rng_seed: base seed of training randomness; None = `torch.initial_seed()` (set by `seed_everything`).
+        init_from, init_from_mode: start a fresh `fit` from an image DiT checkpoint (DiT's state dict or
+            Latte's `{"ema": ...}`), mapped by `nets.init_from_image_dit` ("latte" or "per_frame");
+            the report is logged. Ignored when resuming from a checkpoint.
+        spatial_phase_steps, spatial_phase: VDT's schedule: for the first N training steps the
+            temporal layers are skipped ("skip": temporal blocks and attentions do not run; full and
+            split-head attention run within frames) or frozen ("freeze": they run, their gradients
+            are dropped), then joint training. "skip" leaves parameters unused: DDP needs
+            `find_unused_parameters=True` (strategy `ddp_find_unused_parameters_true`).
     """
 
     def __init__(
@@ -133,6 +147,10 @@ class VideoDiffusion(L.LightningModule):
         eta: float = 0.0,
         cfg_scale: float = 1.0,
         rng_seed: int | None = None,
+        init_from: str | None = None,
+        init_from_mode: Literal["latte", "per_frame"] = "latte",
+        spatial_phase_steps: int = 0,
+        spatial_phase: Literal["skip", "freeze"] = "skip",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["codec", "text_encoder"])
@@ -170,6 +188,15 @@ class VideoDiffusion(L.LightningModule):
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
         self.check_data_matches()
+        if (
+            stage == "fit"
+            and self.hparams.init_from
+            and self._trainer is not None
+            and self._trainer.ckpt_path is None
+        ):
+            state = load_image_dit_checkpoint(self.hparams.init_from)
+            report = init_from_image_dit(self.dit, state, mode=self.hparams.init_from_mode)
+            rank_zero_info(f"{self.hparams.init_from}: {report}")
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
             object.__setattr__(self, "_net", torch.compile(self.dit))
 
@@ -331,6 +358,17 @@ class VideoDiffusion(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, batch_idx, "train")
+
+    def in_spatial_phase(self) -> bool:
+        return self.global_step < self.hparams.spatial_phase_steps
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.dit.temporal_enabled = not (self.hparams.spatial_phase == "skip" and self.in_spatial_phase())
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.hparams.spatial_phase == "freeze" and self.in_spatial_phase():
+            for p in self.dit.temporal_parameters():
+                p.grad = None  # AdamW leaves a parameter without a gradient untouched
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, batch_idx, "val")

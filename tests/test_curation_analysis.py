@@ -195,30 +195,47 @@ def test_discover_accounts_every_file_but_hidden_ones_and_out(tmp_path):
     }
 
 
-def _diffs(n, cuts, fades=()):
-    d = np.full(n, 1.0, np.float32)
+def _luma(n, fades=()):
     luma = np.full(n, 100.0, np.float32)
-    for c in cuts:
-        d[c] = 60.0
     for a, b in fades:  # a fade to black and back over [a, b)
-        d[a : b + 1] = 12.0  # every fade frame, and the first clean one, differ from their predecessor
         luma[a:b] = np.abs(np.linspace(100, -100, b - a))
-    return d, luma
+    return luma
 
 
-def test_candidates_trim_cuts_and_transitions_split_and_drop():
-    cfg = ClipsConfig(min_seconds=1.0, max_seconds=4.0, cut_trim_frames=1, max_transition_seconds=1.0)
-    d, luma = _diffs(300, cuts=[100], fades=[(200, 212)])
-    cands = candidates("src", [100, 206], 300, d, luma, 25.0, cfg)
+def test_candidates_keep_hard_cuts_exact_trim_transitions_split_and_drop():
+    cfg = ClipsConfig(min_seconds=1.0, max_seconds=4.0)
+    times = np.arange(301) / 25.0
+    cands = candidates("src", [100, 206], [(200, 212)], _luma(300), times, cfg)
     spans = [(c.start, c.end, bool(c.dropped)) for c in cands]
-    # hard cut at 100: one frame trimmed each side; the fade [200, 212) trimmed whole, +1 frame
-    assert spans[0] == (0, 99, False)
-    assert spans[1][:2] == (101, 199) and not spans[1][2]
-    assert spans[2][:2] == (213, 300)
+    # hard cut at 100: nothing trimmed; the transition [200, 212) trimmed whole, the cut inside it absorbed
+    assert spans == [(0, 100, False), (100, 200, False), (212, 300, False)]
+    assert [(c.boundary_start, c.trim_start, c.boundary_end, c.trim_end) for c in cands] == [
+        ("source", 0, "cut", 0),
+        ("cut", 0, "transition", 12),
+        ("transition", 12, "source", 0),
+    ]
+    # cut_trim_frames trims at hard cuts on request; black frames at scene edges go
+    cfg1 = ClipsConfig(min_seconds=1.0, max_seconds=4.0, cut_trim_frames=1)
+    luma = _luma(300, fades=[(188, 200)])  # frames 193 and 194 near-black
+    got = candidates("src", [100, 195], [], luma, times, cfg1)
+    assert [(c.start, c.end, c.trim_start, c.trim_end) for c in got][:3] == [
+        (0, 99, 0, 1),
+        (101, 193, 1, 2),
+        (196, 248, 1, 0),
+    ]
     # scenes longer than max_seconds are split into equal chunks <= max_seconds
-    long = candidates("src", [], 300, *_diffs(300, []), 25.0, cfg)
+    long = candidates("src", [], [], _luma(300), times, cfg)
     assert [c.end - c.start for c in long] == [100, 100, 100] and [c.clip_index for c in long] == [0, 1, 2]
+    assert [c.boundary_start for c in long] == ["source", "split", "split"]
     # scenes shorter than min_seconds are dropped with a reason
-    short = candidates("src", [10], 100, *_diffs(100, [10]), 25.0, cfg)
+    short = candidates("src", [10], [], _luma(100), times[:101], cfg)
     assert short[0].dropped.startswith("scene too short") and not short[1].dropped
     assert all(c.key.startswith("src_s") for c in cands)
+
+
+def test_candidates_time_by_timestamps():
+    """Durations come from timestamps: a variable-rate scene of 40 frames spanning 2.4 s is kept
+    at min_seconds=2 although 40 frames at the nominal 25 fps would be 1.6 s."""
+    times = np.concatenate([np.arange(20) / 25.0, 0.8 + np.arange(21) * 0.08])  # 25 fps, then 12.5 fps
+    [c] = candidates("src", [], [], _luma(40), times, ClipsConfig(min_seconds=2.0))
+    assert not c.dropped and (c.start, c.end) == (0, 40)

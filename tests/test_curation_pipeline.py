@@ -2,7 +2,8 @@
 
 Runs without CLIP (`caption.enabled=false`: dedup falls back to perceptual hashes). The content
 detector runs at threshold 15 (scenedetect's default is 27) because at 27 it misses the synthetic
-dissolve out of a shaky scene, which would glue that scene to the next one.
+dissolve out of a shaky scene, which would glue that scene to the next one (15 makes false cuts
+in real footage, tests/test_real_footage.py, so it is no default).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def test_cuts_and_motion_verdicts_match_ground_truth(eight):
         for span in v["static_spans"] + v["fast_spans"]:  # no cut inside a static or fast span
             assert not [x for x in cuts if span["start"] + 1 < x < span["end"] - 1], (v["file"], span, cuts)
         mine = [c for c in clips if c["source_id"] == src["source_id"] and c["end_frame"] > c["start_frame"]]
+        # A dissolve out of (or into) a shaking scene is no linear mix, since the shake dominates every
+        # frame, so it gives no evidence of a transition and is not trimmed (curation/scenes.py): its
+        # frames, shake included, stay with the calm scene next to it, whose verdict is then open.
+        shaky = [t for t in v["transitions"] if any(
+            s["motion"] == "fast" and min(abs(t["start"] - s["end"]), abs(t["end"] - s["start"])) <= 1
+            for s in v["scenes"])]  # fmt: skip
         for scene in v["scenes"]:
             inside = [c for c in mine if _overlap(c, scene) > 0.5 * (c["end_frame"] - c["start_frame"])]
             assert inside, (v["file"], scene)
@@ -107,12 +114,12 @@ def test_cuts_and_motion_verdicts_match_ground_truth(eight):
                         scene,
                         c,
                     )
-                else:
+                elif not any(_overlap(c, t) for t in shaky):
                     assert c["kept"] and c["stage"] == "kept", (v["file"], scene, c)
-        for t in v["transitions"]:  # gradual transitions are trimmed (a few frames may remain)
+        for t in v["transitions"]:  # every other gradual transition is trimmed whole
             for c in mine:
-                if c["kept"]:
-                    assert _overlap(c, t) <= 3, (v["file"], t, c)
+                if c["kept"] and t not in shaky:
+                    assert _overlap(c, t) == 0, (v["file"], t, c)
 
 
 def _overlap(c: dict, scene: dict) -> int:
@@ -153,11 +160,13 @@ def test_rerun_skips_finished_sources_and_changes_nothing(eight, tmp_path):
 
 
 def test_changed_config_is_detected_not_mixed(synthetic_dir, tmp_path):
+    """An analysis setting (it needs a decode pass again) stops the rerun unless redo is asked for.
+    (Motion thresholds refilter instead: tests/test_curation_scale.py.)"""
     curate(synthetic_dir, tmp_path)
     with pytest.raises(ConfigChanged, match="different config"):
-        curate(synthetic_dir, tmp_path, "motion.fast_mean=0.5")
-    assert main([f"raw={synthetic_dir}", f"out={tmp_path}", *ARGS, "motion.fast_mean=0.5"]) == 2
-    redo = curate(synthetic_dir, tmp_path, "motion.fast_mean=0.5", "on_config_change=redo")
+        curate(synthetic_dir, tmp_path, "analysis.flow_fps=3")
+    assert main([f"raw={synthetic_dir}", f"out={tmp_path}", *ARGS, "analysis.flow_fps=3"]) == 2
+    redo = curate(synthetic_dir, tmp_path, "analysis.flow_fps=3", "on_config_change=redo")
     assert redo["num_ok"] == 4
     assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_processed"] == 4
 

@@ -2,11 +2,14 @@
 yields the same batches an uninterrupted pass yields after its first k (Lightning saves and loads
 this state in checkpoints; tests/test_resume.py checks a whole resumed fit)."""
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.synthetic import SyntheticVideoDataModule, clip_sample, write_shards
 from datamodules.video_shards import VideoShardsDataModule
+from lightning_modules.video_diffusion import VideoDiffusion
 
 
 def _keys(batch):
@@ -84,3 +87,67 @@ def test_state_of_a_finished_epoch_skips_nothing_in_the_next():
     fresh = dm.train_dataloader()
     fresh.sampler.set_epoch(1)
     assert [_keys(b)[0] for b in resumed] == [_keys(b)[0] for b in fresh] and n > 0
+
+
+class _Keys(L.Callback):
+    """The sample keys of every training batch, in order."""
+
+    def __init__(self):
+        self.keys: list[list[str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.keys.append([m["key"] for m in batch["meta"]])
+
+
+def _fit(root, shard_dir, batching, *, max_steps, ckpt_path=None, every=None):
+    L.seed_everything(0)
+    model = VideoDiffusion(
+        dit={"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": (1, 4, 4)},
+        mask_probs={"unconditional": 0.5, "predict": 0.5}, lr=3e-3, warmup_steps=2, lr_schedule="cosine",
+    )  # fmt: skip
+    pack = (
+        {"batching": "pack", "tokens_per_batch": 160, "max_tokens_per_sample": 64}
+        if batching == "pack"
+        else {}
+    )
+    data = VideoShardsDataModule(
+        data_dir=str(shard_dir), buckets={32: {4: (1.0, 2)}, 16: {4: (1.0, 3)}} if not pack else None,
+        num_frames=4, height=32, width=32, batch_size=2, num_workers=2, latent_downsample=(1, 1, 1),
+        patch_size=(1, 4, 4), seed=3, **pack,
+    )  # fmt: skip
+    keys = _Keys()
+    callbacks = [keys]
+    if every:
+        callbacks.append(
+            ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, save_last=False)
+        )
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, callbacks=callbacks, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every),
+                        limit_val_batches=0, num_sanity_val_steps=0, deterministic=True, default_root_dir=root)  # fmt: skip
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return trainer, model, keys.keys
+
+
+@pytest.mark.parametrize("batching", ["bucket", pytest.param("pack", marks=pytest.mark.slow)])
+def test_fit_with_two_workers_resumes_with_the_same_samples_and_weights(tmp_path, shard_dir, batching):
+    """Kill after k steps (mid-epoch, and on the last batch of an epoch), resume from the checkpoint:
+    the batches after k and the final weights equal an uninterrupted run's."""
+    full_trainer, full_model, full_keys = _fit(tmp_path / "full", shard_dir, batching, max_steps=10, every=1)
+    per_epoch = full_trainer.num_training_batches
+    assert batching == "bucket" or max(len(k) for k in full_keys) >= 2  # packs hold several clips
+    assert 2 <= per_epoch < 10 and len(full_keys) == 10
+    assert (
+        full_keys[:per_epoch] != full_keys[per_epoch : 2 * per_epoch]
+    )  # epochs differ, so a skew would show
+    for stop in (per_epoch // 2 + 1, per_epoch):  # mid-epoch; the last batch of epoch 0
+        ckpt = tmp_path / "full" / f"epoch=0-step={stop}.ckpt"
+        assert ckpt.exists(), sorted(p.name for p in (tmp_path / "full").iterdir())
+        trainer, model, keys = _fit(
+            tmp_path / f"resumed{stop}", shard_dir, batching, max_steps=10, ckpt_path=ckpt
+        )
+        assert trainer.global_step == 10
+        assert keys == full_keys[stop:], f"resumed at step {stop}"
+        for k, v in full_model.state_dict().items():
+            torch.testing.assert_close(
+                model.state_dict()[k], v, rtol=0, atol=1e-6, msg=f"{k} (resumed at {stop})"
+            )

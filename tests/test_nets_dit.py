@@ -6,8 +6,8 @@ import torch
 from lightning_modules.nets import DIT_PRESETS, VideoDiT
 from lightning_modules.nets.attention import PackedLayout, rope_3d
 
-BLOCKS = ("factorized", "late_fusion", "vdt", "spatial_temporal", "full")
-POS = ("rope", "sincos")
+BLOCKS = ("factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full")
+POS = ("rope", "sincos", "sincos_framewise")
 
 
 def tiny(**kw):
@@ -265,7 +265,7 @@ def test_dit_config_accepts_every_backend_block_and_pos_embed():
     import typing
 
     from lightning_modules.nets.attention import ATTN_BACKENDS
-    from lightning_modules.nets.dit import BLOCK_TYPES, POS_EMBEDS
+    from lightning_modules.nets.dit import BLOCK_TYPES, COND_INJECTIONS, FRAME_CONDS, POS_EMBEDS
     from lightning_modules.video_diffusion import DiTConfig
 
     hints = typing.get_type_hints(DiTConfig)
@@ -273,6 +273,8 @@ def test_dit_config_accepts_every_backend_block_and_pos_embed():
         ("attn_backend", ATTN_BACKENDS),
         ("block_type", BLOCK_TYPES),
         ("pos_embed", POS_EMBEDS),
+        ("cond_injection", COND_INJECTIONS),
+        ("frame_cond", FRAME_CONDS),
     ):
         literal = next(a for a in typing.get_args(hints[name]) if a is not type(None))
         assert set(typing.get_args(literal)) == set(allowed), name
@@ -287,6 +289,7 @@ def test_block_order_of_each_variant():
     assert layouts["vdt"] == [("temporal", "spatial")] * 4
     assert layouts["spatial_temporal"] == [("spatial", "temporal")] * 4
     assert layouts["full"] == [("full",)] * 4
+    assert layouts["split_heads"] == [("split",)] * 4
     with pytest.raises(ValueError, match="even"):
         tiny(block_type="late_fusion", depth=3)
 

@@ -76,15 +76,7 @@ def _state(trainer, model, ema):
     }
 
 
-END_OF_EPOCH_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: resuming a checkpoint written on the last batch of an epoch, Lightning 2.6 "
-    "re-enters that epoch (our loader correctly yields nothing) and then counts the epoch twice "
-    "(sampler epoch 2 where the uninterrupted run has 1), so the next epoch's order differs",
-)
-
-
-@pytest.mark.parametrize("stop", [3, pytest.param(5, marks=END_OF_EPOCH_XFAIL)])
+@pytest.mark.parametrize("stop", [3, 5])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, stop):
     # 5 batches per epoch: a resume at step 3 is mid-epoch, one at step 5 starts the next epoch
     # (what an end-of-epoch checkpoint holds); the run crosses an epoch (and a validation)

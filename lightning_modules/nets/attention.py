@@ -19,151 +19,41 @@ A *layout* owns the geometry of one forward pass and is built once per batch (ne
     not on CPU (use `sdpa`: inductor's CPU flex kernel compiles slowly and runs no faster).
   - `flash`: `flash_attn_varlen_func` over cu_seqlens (CUDA, fp16/bf16, when flash-attn is installed).
 
-Every `attend` takes and returns q/k/v shaped (B, N, heads, head_dim).
+Every `attend` takes and returns q/k/v shaped (B, N, heads, head_dim). `attend(..., causal=True)` is
+frame-causal attention: a token sees the tokens of its own frame and of earlier frames only (temporal:
+its track up to now; full: every position of frames <= its own; spatial: unchanged). Every backend
+supports it, except `flash` for full attention (its causal mask is per token, not per frame).
+`attend(..., extra=(k_e, v_e))` adds per-sample keys/values (B, K, heads, d) that every query of that
+sample sees in every segment, causal or not (in-context conditioning tokens); `sdpa` and `sdpa_dense`.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .kernels import (  # noqa: F401 (re-exported)
+    ATTN_BACKENDS,
+    FLEX_BLOCK,
+    BlockMask,
+    _compiled_flex,
+    check_backend,
+    flash_attn_varlen_func,
+    flex_attention,
+    segment_block_mask,
+)
+from .positions import (  # noqa: F401 (re-exported: callers import positions from here)
+    apply_rope,
+    grid_coords,
+    rope_3d,
+    rope_axis_dims,
+    sincos_1d,
+    sincos_spatial,
+    sincos_temporal,
+)
+
 ATTN_KINDS = ("full", "spatial", "temporal")
-ATTN_BACKENDS = ("sdpa", "sdpa_dense", "flex", "flash")
-
-try:  # optional: flash-attn varlen kernels (CUDA only)
-    from flash_attn import flash_attn_varlen_func
-except ImportError:  # pragma: no cover - depends on the machine
-    flash_attn_varlen_func = None
-
-try:  # torch >= 2.5
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-except ImportError:  # pragma: no cover - old torch
-    BlockMask = flex_attention = None
-
-FLEX_BLOCK = 128  # flex_attention's default tile
-
-
-def check_backend(backend: str, device: torch.device | None = None) -> None:
-    """Raise a helpful error when `backend` cannot run here."""
-    if backend not in ATTN_BACKENDS:
-        raise ValueError(f"attn_backend={backend!r} is unknown; choose one of {ATTN_BACKENDS}")
-    if backend == "flex" and flex_attention is None:
-        raise RuntimeError(
-            "attn_backend='flex' needs torch>=2.5 (torch.nn.attention.flex_attention); use 'sdpa'"
-        )
-    if backend == "flash":
-        if flash_attn_varlen_func is None:
-            raise RuntimeError("attn_backend='flash' needs `pip install flash-attn`; use 'sdpa' or 'flex'")
-        if device is not None and device.type != "cuda":
-            raise RuntimeError(f"attn_backend='flash' runs on CUDA only (got {device}); use 'sdpa'")
-
-
-@functools.cache
-def _compiled_flex():
-    # compiled once per process (eager flex_attention materialises the full score matrix), with
-    # dynamic shapes: packed sequences change length every batch, and dynamic=False recompiled for
-    # each new length
-    return torch.compile(flex_attention, dynamic=True)
-
-
-def segment_block_mask(seg_sorted: torch.Tensor, block: int = FLEX_BLOCK):
-    """BlockMask for attention within contiguous segments (`seg_sorted` (N,): non-decreasing segment
-    id per position), built from the segment boundaries in O(N + blocks) memory.
-    `create_block_mask` evaluates the mask on the full N x N grid (4 GiB of bools at 65 k tokens);
-    here only the tiles along the block diagonal are listed: query tile b sees the kv tiles from the
-    start of its first token's segment to the end of its last token's segment, all marked partial
-    (the mask_mod decides inside them)."""
-    n = seg_sorted.numel()
-    device = seg_sorted.device
-    change = torch.ones(n, dtype=torch.bool, device=device)
-    change[1:] = seg_sorted[1:] != seg_sorted[:-1]
-    starts = torch.nonzero(change).flatten()  # (S,) first position of each segment
-    ends = torch.cat([starts[1:], torch.tensor([n], device=device)])  # (S,) one past the last
-    which = torch.cumsum(change.long(), 0) - 1  # (N,) segment index per position
-    nq = -(-n // block)
-    q_first = torch.arange(nq, device=device) * block
-    q_last = torch.clamp(q_first + block, max=n) - 1
-    lo = starts[which[q_first]] // block  # (nq,) first kv tile
-    hi = (ends[which[q_last]] - 1) // block  # (nq,) last kv tile
-    count = hi - lo + 1
-    # (nq, nq) tile indices (BlockMask's layout: one row per query tile, as wide as the tile count;
-    # tiles, not tokens: 512 x 512 int32 = 1 MiB at 65 k tokens); entries past `count` are unused
-    kv_indices = lo[:, None] + torch.arange(nq, device=device)[None]
-    kv_indices = torch.where(kv_indices <= hi[:, None], kv_indices, torch.zeros_like(kv_indices))
-
-    def same_segment(b, h, q_idx, kv_idx):
-        return seg_sorted[q_idx] == seg_sorted[kv_idx]
-
-    return BlockMask.from_kv_blocks(
-        count[None, None].to(torch.int32),
-        kv_indices[None, None].to(torch.int32),
-        BLOCK_SIZE=block,
-        mask_mod=same_segment,
-        seq_lengths=(n, n),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Positions
-# ----------------------------------------------------------------------------------------------
-
-
-def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
-    """Split a head's dims between the t, h and w rotations (each even; t takes the remainder)."""
-    if head_dim % 2 or head_dim < 6:
-        raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}; change hidden_size/num_heads")
-    dh = dw = 2 * (head_dim // 6)
-    return head_dim - dh - dw, dh, dw
-
-
-def rope_3d(coords: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """3D RoPE rotations as unit complex numbers: coords (N, 3) integer (t, h, w) -> (N, head_dim // 2)
-    complex64; the head's dims are split between the t, h and w axes (`rope_axis_dims`)."""
-    angles = []
-    for axis, dim in enumerate(rope_axis_dims(head_dim)):
-        inv_freq = base ** (
-            -torch.arange(0, dim, 2, device=coords.device, dtype=torch.float64) / dim
-        )  # (dim/2,)
-        angles.append(coords[:, axis, None].double() * inv_freq)  # (N, dim/2)
-    return torch.polar(torch.ones(1, dtype=torch.float64, device=coords.device), torch.cat(angles, -1)).to(
-        torch.complex64
-    )  # (N, head_dim/2)
-
-
-def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, N, heads, d) by per-token complex rotations (N, d/2).
-    One complex multiply: cheaper than the four real products and a stack of the cos/sin form."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, N, heads, d/2)
-    return torch.view_as_real(xc * rope[None, :, None, :]).flatten(-2).to(x.dtype)  # (B, N, heads, d)
-
-
-def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fixed sin-cos embedding (as in MAE/DiT). pos (N,) -> (N, dim)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, device=pos.device, dtype=torch.float64) / (dim / 2.0))
-    out = pos.double()[:, None] * omega  # (N, dim/2)
-    return torch.cat([out.sin(), out.cos()], dim=-1).float()
-
-
-def sincos_3d(coords: torch.Tensor, dim: int) -> torch.Tensor:
-    """Latte/VDT-style fixed positions: 2D spatial sin-cos plus 1D temporal sin-cos. (N, 3) -> (N, dim)."""
-    if dim % 4:
-        raise ValueError(f"sincos positions need hidden_size divisible by 4, got {dim}")
-    spatial = torch.cat([sincos_1d(coords[:, 1], dim // 2), sincos_1d(coords[:, 2], dim // 2)], dim=-1)
-    return spatial + sincos_1d(coords[:, 0], dim)  # (N, dim)
-
-
-def grid_coords(t: int, h: int, w: int, device=None) -> torch.Tensor:
-    """(t*h*w, 3) integer coordinates in (t h w) row-major order -- the token order of the model."""
-    grids = torch.meshgrid(
-        torch.arange(t, device=device),
-        torch.arange(h, device=device),
-        torch.arange(w, device=device),
-        indexing="ij",
-    )
-    return torch.stack(grids, dim=-1).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,10 +61,10 @@ def grid_coords(t: int, h: int, w: int, device=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def _sdpa(q, k, v, mask=None):
+def _sdpa(q, k, v, mask=None, is_causal: bool = False):
     """SDPA on (B, N, heads, d) tensors."""
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=is_causal
     )
     return out.transpose(1, 2)  # (B, N, heads, d)
 
@@ -188,6 +78,21 @@ def _cross_attend(q, k, v, mask):
     return out if bool(has_key.all()) else out * has_key[..., None].to(out.dtype)
 
 
+def _see_extra(mask: torch.Tensor | None, length: int, n_extra: int, causal: bool) -> torch.Tensor | None:
+    """Boolean mask (..., L, L + K) for L segment keys followed by K extra keys everyone sees."""
+    if mask is None:
+        if not causal:
+            return None
+        mask = torch.ones(length, length, dtype=torch.bool).tril()
+    ones = torch.ones(*mask.shape[:-1], n_extra, dtype=torch.bool, device=mask.device)
+    return torch.cat([mask.to(ones.device), ones], dim=-1)
+
+
+def frame_causal_mask(frames: torch.Tensor) -> torch.Tensor:
+    """frames (N,) frame index per token -> (N, N) bool: query i may see key j iff frame_j <= frame_i."""
+    return frames[None, :] <= frames[:, None]
+
+
 class GridLayout:
     """Single-shape batch: tokens (B, T*H*W) in (t h w) order. No masks."""
 
@@ -196,21 +101,39 @@ class GridLayout:
     def __init__(self, *, batch: int, grid: tuple[int, int, int], device=None):
         self.batch, self.grid = batch, tuple(grid)
         self.coords = grid_coords(*self.grid, device=device)  # (N, 3)
+        self._causal = None
 
     def per_token(self, v: torch.Tensor) -> torch.Tensor:
         """Per-sample vectors (B, D) -> broadcastable over tokens (B, 1, D)."""
         return v[:, None]
 
-    def attend(self, q, k, v, kind: str):
+    def attend(self, q, k, v, kind: str, causal: bool = False, extra=None):
         t, h, w = self.grid
         if kind == "full":
-            return _sdpa(q, k, v)
+            if causal and self._causal is None:
+                self._causal = frame_causal_mask(self.coords[:, 0])  # (N, N), once per batch
+            mask = self._causal if causal else None
+            if extra is not None:
+                k, v = torch.cat([k, extra[0]], 1), torch.cat([v, extra[1]], 1)  # (B, N + K, heads, d)
+                mask = None if mask is None else _see_extra(mask, q.shape[1], extra[0].shape[1], True)
+            return _sdpa(q, k, v, mask)
         pattern = {
             "spatial": ("b (t s) n d -> (b t) s n d", "(b t) s n d -> b (t s) n d"),
             "temporal": ("b (t s) n d -> (b s) t n d", "(b s) t n d -> b (t s) n d"),
         }[kind]
         q, k, v = (rearrange(z, pattern[0], t=t) for z in (q, k, v))  # (B*groups, L, heads, d)
-        return rearrange(_sdpa(q, k, v), pattern[1], b=self.batch)  # (B, N, heads, d)
+        causal = causal and kind == "temporal"  # tracks run in time order
+        if extra is not None:  # each sample's K extra keys join every one of its segments
+            ke, ve = (
+                z.repeat_interleave(q.shape[0] // self.batch, 0) for z in extra
+            )  # (B*groups, K, heads, d)
+            k, v = torch.cat([k, ke], 1), torch.cat([v, ve], 1)  # (B*groups, L + K, heads, d)
+            mask = _see_extra(None, q.shape[1], ke.shape[1], causal)
+            return rearrange(
+                _sdpa(q, k, v, None if mask is None else mask.to(q.device)), pattern[1], b=self.batch
+            )
+        out = _sdpa(q, k, v, is_causal=causal)
+        return rearrange(out, pattern[1], b=self.batch)  # (B, N, heads, d)
 
     def cross_attend(self, q, k, v, mask):
         """q (B, N, h, d); k/v (B, L, h, d); mask (B, L) bool or None."""
@@ -234,8 +157,8 @@ class _Segments:
         self.seg_id = torch.repeat_interleave(
             torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev)
         )[self.inverse]  # (N,) segment id per token in original order
-        self._block_mask = None
-        self._dense = None
+        self._block_mask: dict[bool, object] = {}  # causal -> BlockMask
+        self._dense: dict[bool, torch.Tensor] = {}  # causal -> (N, N) bool
 
 
 class PackedLayout:
@@ -254,6 +177,7 @@ class PackedLayout:
         self._segments: dict[str, _Segments] = {}
         self._groups: dict[str, list] = {}
         self._onehot = None
+        self._clip_causal: dict[int, torch.Tensor] = {}
 
     def per_token(self, v: torch.Tensor) -> torch.Tensor:
         """Per-sample vectors (B, D) -> per token (1, N, D). A one-hot matmul rather than v[sample_id]:
@@ -282,10 +206,16 @@ class PackedLayout:
             self._segments[kind] = _Segments(torch.cat(orders), lengths)
         return self._segments[kind]
 
-    def attend(self, q, k, v, kind: str):
+    def attend(self, q, k, v, kind: str, causal: bool = False, extra=None):
+        causal = causal and kind != "spatial"  # a frame never sees another frame: nothing to mask
         if self.backend == "sdpa":
-            return self._attend_sdpa(q, k, v, kind)
-        return getattr(self, f"_attend_{self.backend}")(q, k, v, self.segments(kind))  # (1, N, heads, d)
+            return self._attend_sdpa(q, k, v, kind, causal, extra)
+        if extra is not None and self.backend != "sdpa_dense":
+            raise NotImplementedError(
+                f"in-context tokens (extra keys) run on attn_backend 'sdpa' or 'sdpa_dense', not {self.backend!r}"
+            )
+        args = (q, k, v, self.segments(kind), causal) + ((extra,) if extra is not None else ())
+        return getattr(self, f"_attend_{self.backend}")(*args)  # (1, N, heads, d)
 
     # grouped SDPA: each clip's tokens are a contiguous chunk; a chunk becomes (segments, L) with a
     # reshape (spatial, full) or a transpose (temporal), chunks with equal L are concatenated and run
@@ -317,9 +247,20 @@ class PackedLayout:
     def _axes(self, kind: str, i: int) -> dict:
         return {"o": 1} if kind == "full" else {"t": self.grids[i][0]}
 
-    def _attend_sdpa(self, q, k, v, kind: str):
+    def clip_causal_mask(self, i: int) -> torch.Tensor:
+        """(N_i, N_i) frame-causal mask of clip i's full attention (cached per batch)."""
+        if i not in self._clip_causal:
+            t, h, w = self.grids[i]
+            frames = torch.arange(t, device=self.device).repeat_interleave(h * w)
+            self._clip_causal[i] = frame_causal_mask(frames)
+        return self._clip_causal[i]
+
+    def _attend_sdpa(self, q, k, v, kind: str, causal: bool = False, extra=None):
         groups = self.sdpa_groups(kind)
-        if len(groups) == 1 and kind != "temporal":  # every segment has one length: a plain reshape
+        # full + causal: each clip has its own mask (same length, other grids), so the general path
+        if (
+            len(groups) == 1 and kind != "temporal" and not causal and extra is None
+        ):  # one segment length: a plain reshape
             n = groups[0][0]
             q, k, v = (z.reshape(-1, n, *z.shape[2:]) for z in (q, k, v))  # (segments, L, heads, d)
             return _sdpa(q, k, v).reshape(1, -1, *q.shape[2:])  # (1, N, heads, d)
@@ -330,19 +271,39 @@ class PackedLayout:
                 torch.cat([rearrange(c[i], self._TO[kind], **self._axes(kind, i)) for i in members])
                 for c in chunks
             ]  # 3 x (segments, L, heads, d)
-            out = _sdpa(*segs)
             counts = [
                 {"full": 1, "spatial": self.grids[i][0], "temporal": self.sizes[i] // self.grids[i][0]}[kind]
                 for i in members
             ]
+            mask = None
+            if causal and kind == "full":  # (clips, 1, L, L): each clip's frame-causal mask
+                mask = torch.stack([self.clip_causal_mask(i) for i in members])[:, None]
+            if extra is not None:  # clip i's K extra keys join each of its segments
+                for j in (1, 2):
+                    ext = torch.cat(
+                        [extra[j - 1][i].expand(n, *extra[j - 1].shape[1:]) for i, n in zip(members, counts)]
+                    )
+                    segs[j] = torch.cat([segs[j], ext], 1)  # (segments, L + K, heads, d)
+                mask = _see_extra(mask, segs[0].shape[1], extra[0].shape[1], causal)
+                out = _sdpa(*segs, None if mask is None else mask.to(q.device))
+            else:
+                out = _sdpa(*segs, mask, is_causal=causal and kind == "temporal")  # tracks run in time order
             for i, part in zip(members, out.split(counts)):
                 outs[i] = rearrange(part, self._FROM[kind])  # (N_i, heads, d)
         return torch.cat(outs)[None]  # (1, N, heads, d)
 
-    def _attend_sdpa_dense(self, q, k, v, seg: _Segments):
-        if seg._dense is None:
-            seg._dense = seg.seg_id[:, None] == seg.seg_id[None, :]  # (N, N)
-        return _sdpa(q, k, v, seg._dense)
+    def _attend_sdpa_dense(self, q, k, v, seg: _Segments, causal: bool = False, extra=None):
+        if causal not in seg._dense:
+            mask = seg.seg_id[:, None] == seg.seg_id[None, :]  # (N, N)
+            seg._dense[causal] = mask & frame_causal_mask(self.coords[:, 0]) if causal else mask
+        mask = seg._dense[causal]
+        if extra is not None:  # (B, K, ...) extra keys, each seen by its own sample's tokens
+            n_extra = extra[0].shape[1]
+            owner = torch.arange(len(self.grids), device=q.device).repeat_interleave(n_extra)  # (B*K,)
+            k = torch.cat([k, extra[0].reshape(1, -1, *k.shape[2:])], 1)  # (1, N + B*K, heads, d)
+            v = torch.cat([v, extra[1].reshape(1, -1, *v.shape[2:])], 1)
+            mask = torch.cat([mask, self.sample_id[:, None] == owner[None]], dim=-1)  # (N, N + B*K)
+        return _sdpa(q, k, v, mask)
 
     def _permuted(self, fn, q, k, v, seg: _Segments):
         """Run fn on segment-contiguous tokens and put the result back in token order."""
@@ -351,22 +312,44 @@ class PackedLayout:
         out = fn(q, k, v)
         return out if seg.identity else out[:, seg.inverse]
 
-    def _attend_flex(self, q, k, v, seg: _Segments):
-        if seg._block_mask is None:  # segment id per position in contiguous order: non-decreasing
-            seg._block_mask = segment_block_mask(seg.seg_id[seg.order])
+    def _attend_flex(self, q, k, v, seg: _Segments, causal: bool = False):
+        if causal not in seg._block_mask:  # segment id per position in contiguous order: non-decreasing
+            frames = self.coords[seg.order, 0] if causal else None
+            seg._block_mask[causal] = segment_block_mask(seg.seg_id[seg.order], time_sorted=frames)
+        block_mask = seg._block_mask[causal]
 
         def run(q, k, v):
             out = _compiled_flex()(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=seg._block_mask
+                q.transpose(1, 2).contiguous(),
+                k.transpose(1, 2).contiguous(),
+                v.transpose(1, 2).contiguous(),
+                block_mask=block_mask,
             )
             return out.transpose(1, 2)
 
         return self._permuted(run, q, k, v, seg)
 
-    def _attend_flash(self, q, k, v, seg: _Segments):
+    def _attend_flash(self, q, k, v, seg: _Segments, causal: bool = False):
+        if causal and seg is self._segments.get("full"):
+            raise NotImplementedError(
+                "attn_backend='flash' has token-causal masks only; frame-causal full attention needs "
+                "attn_backend='flex' or 'sdpa' (temporal and split-head attention work with flash)"
+            )
+
         def run(q, k, v):
-            cu = seg.cu_seqlens
-            out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, seg.max_len, seg.max_len)  # (N, heads, d)
+            cu = (
+                seg.cu_seqlens
+            )  # temporal segments are pixel tracks in time order: token-causal == frame-causal
+            out = flash_attn_varlen_func(
+                q[0].contiguous(),
+                k[0].contiguous(),
+                v[0].contiguous(),
+                cu,
+                cu,
+                seg.max_len,
+                seg.max_len,
+                causal=causal,
+            )  # (N, heads, d)
             return out[None]
 
         return self._permuted(run, q, k, v, seg)

@@ -1,13 +1,32 @@
 """Spatiotemporal diffusion transformer, in the manner of DiT's models.py: built bottom-up
-(embedders -> attention -> block -> final layer -> model -> presets).
+(embedders -> attention -> block -> final layer in `blocks.py`, then the model and presets here).
 
-One block class covers the three families:
-- ``factorized`` (Latte variant 1): blocks alternate spatial and temporal self-attention;
-- ``vdt``: each block runs temporal then spatial self-attention, then the MLP;
-- ``full``: joint space-time attention.
-Positions are 3D RoPE on per-token (t, h, w) coordinates (any shape, packing) or fixed sin-cos added
-to the tokens (Latte / VDT). Conditioning: adaLN-Zero on timestep + class (or pooled text), optional
-cross-attention on caption tokens, and VDT's mask embedding (given vs generated tokens).
+The research switches (each one constructor argument, hence one `--model.dit.X` flag):
+- `block_type`, Latte's four variants and full attention: ``factorized`` (1: spatial and temporal
+  blocks alternate), ``late_fusion`` (2: all spatial blocks, then all temporal), ``spatial_temporal``
+  / ``vdt`` (3: one block with spatial then temporal attention, or VDT's temporal then spatial),
+  ``split_heads`` (4: half the heads attend within the frame, half along time, in one layer),
+  ``full`` (joint space-time attention).
+- `causal`: frame-causal temporal / full attention (a frame sees itself and the past only).
+- `cond_injection`: timestep / class / pooled text enter by adaLN-Zero (default) or as in-context
+  tokens (DiT's comparison; Latte found adaLN better). Latte's "S-AdaLN" is adaLN whose scale and
+  shift are computed from the timestep (+ class) embedding and applied to every token, spatial and
+  temporal blocks alike -- exactly what our adaLN-Zero does (one modulation vector per sample,
+  broadcast to all its tokens, plus DiT's zero-initialised gates); Latte contrasts it with feeding
+  the same embeddings as tokens, which is our "in_context": K = 1 to 3 tokens (timestep, class,
+  pooled text) whose keys/values every self-attention adds to each segment (a frame, a pixel track
+  or the clip). Unlike DiT's single-sequence in-context variant, the tokens are re-projected by each
+  layer but not updated: factorized attention has no one sequence for them to ride in.
+- `frame_cond`, VDT's three ways to condition on given frames (mask True = given): ``concat``
+  (the given clean tokens sit in the sequence, tagged by a mask embedding: VDT's token
+  concatenation), ``cross_attn`` (the sequence keeps only the mask tag at given positions; every
+  block cross-attends to the given tokens), ``adaln`` (likewise, and the given tokens' mean goes into
+  the adaLN conditioning vector).
+Positions are 3D RoPE on per-token (t, h, w) coordinates (any shape, packing) or fixed sin-cos: DiT's
+2D embedding added to the tokens, and a temporal one added to the tokens too ("sincos") or only to
+the input of frame-mixing attention ("sincos_framewise": each frame's spatial path is then exactly
+an image DiT's, see `init_from_image_dit`).
+Conditioning also: optional cross-attention on caption tokens, VDT's mask embedding.
 
 Two entry points share every weight: `forward` for a single-shape batch (fast path, plain reshapes)
 and `forward_packed` for a list of variable-shape clips packed into one token sequence.
@@ -15,170 +34,19 @@ and `forward_packed` for a list of variable-shape clips packed into one token se
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from .attention import (
-    GridLayout,
-    PackedLayout,
-    apply_rope,
-    check_backend,
-    rope_3d,
-    rope_axis_dims,
-    sincos_3d,
-)
+from .attention import GridLayout, PackedLayout, check_backend, rope_3d, rope_axis_dims
+from .blocks import Context, CrossAttention, DiTBlock, FinalLayer, Mlp, TimestepEmbedder  # noqa: F401
+from .positions import sincos_spatial, sincos_temporal
 
-BLOCK_TYPES = ("factorized", "late_fusion", "vdt", "spatial_temporal", "full")
-POS_EMBEDS = ("rope", "sincos")
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift with one temporary less
-
-
-# ----------------------------------------------------------------------------------------------
-# Embedders
-# ----------------------------------------------------------------------------------------------
-
-
-class TimestepEmbedder(nn.Module):
-    """Scalar timesteps (B,) -> (B, D) through sinusoidal features and an MLP (DiT)."""
-
-    def __init__(self, *, hidden_size: int, frequency_size: int = 256):
-        super().__init__()
-        self.frequency_size = frequency_size
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
-
-    @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        half = dim // 2
-        freqs = torch.exp(
-            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-        )
-        args = t.float()[:, None] * freqs[None]  # (B, half)
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(
-            self.timestep_embedding(t, self.frequency_size).to(self.mlp[0].weight.dtype)
-        )  # (B, D)
-
-
-class Mlp(nn.Module):
-    def __init__(self, *, in_features: int, hidden_features: int, out_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention
-# ----------------------------------------------------------------------------------------------
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention whose pattern (full / spatial / temporal) comes from the layout."""
-
-    def __init__(self, *, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x, layout, kind: str, rope):
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b n h d", three=3, h=self.num_heads)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, N, heads, d)
-        out = layout.attend(q, k, v, kind)  # (B, N, heads, d)
-        return self.proj(rearrange(out, "b n h d -> b n (h d)"))  # (B, N, D)
-
-
-class CrossAttention(nn.Module):
-    """Video tokens attend to their own sample's caption tokens."""
-
-    def __init__(self, *, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(hidden_size, hidden_size)
-        self.kv = nn.Linear(hidden_size, 2 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x, text, text_mask, layout):
-        q = rearrange(self.q(x), "b n (h d) -> b n h d", h=self.num_heads)  # (B, N, heads, d)
-        k, v = rearrange(
-            self.kv(text), "b l (two h d) -> two b l h d", two=2, h=self.num_heads
-        )  # (B', L, ..)
-        out = layout.cross_attend(q, k, v, text_mask)  # (B, N, heads, d)
-        return self.proj(rearrange(out, "b n h d -> b n (h d)"))  # (B, N, D)
-
-
-# ----------------------------------------------------------------------------------------------
-# Block and final layer
-# ----------------------------------------------------------------------------------------------
-
-
-class DiTBlock(nn.Module):
-    """adaLN-Zero block: one or more self-attentions (`kinds`), optional cross-attention, MLP."""
-
-    def __init__(
-        self, *, hidden_size: int, num_heads: int, mlp_ratio: float, kinds: tuple[str, ...], cross: bool
-    ):
-        super().__init__()
-        self.kinds = kinds
-        self.norms = nn.ModuleList(
-            nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6) for _ in kinds
-        )
-        self.attns = nn.ModuleList(SelfAttention(hidden_size=hidden_size, num_heads=num_heads) for _ in kinds)
-        self.cross_norm = nn.LayerNorm(hidden_size, eps=1e-6) if cross else None
-        self.cross = CrossAttention(hidden_size=hidden_size, num_heads=num_heads) if cross else None
-        self.mlp_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(
-            in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio), out_features=hidden_size
-        )
-        # shift, scale, gate for each self-attention and for the MLP
-        self.adaLN_modulation = nn.Sequential(
-            nn.SiLU(), nn.Linear(hidden_size, 3 * (len(kinds) + 1) * hidden_size)
-        )
-
-    def forward(self, x, c, layout, rope, text, text_mask):
-        mods = layout.per_token(self.adaLN_modulation(c)).chunk(
-            3 * (len(self.kinds) + 1), dim=-1
-        )  # (B|1, 1|N, D)
-        for i, kind in enumerate(self.kinds):
-            shift, scale, gate = mods[3 * i : 3 * i + 3]
-            branch = self.attns[i](modulate(self.norms[i](x), shift, scale), layout, kind, rope)  # (B, N, D)
-            x = torch.addcmul(x, gate, branch)  # x + gate * branch
-        if self.cross is not None and text is not None:
-            x = x + self.cross(self.cross_norm(x), text, text_mask, layout)  # (B, N, D)
-        shift, scale, gate = mods[-3:]
-        return torch.addcmul(x, gate, self.mlp(modulate(self.mlp_norm(x), shift, scale)))  # (B, N, D)
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, *, hidden_size: int, patch_dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-
-    def forward(self, x, c, layout):
-        shift, scale = layout.per_token(self.adaLN_modulation(c)).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, pt*ph*pw*C_out)
-
-
-# ----------------------------------------------------------------------------------------------
-# Model
-# ----------------------------------------------------------------------------------------------
+BLOCK_TYPES = ("factorized", "late_fusion", "vdt", "spatial_temporal", "split_heads", "full")
+POS_EMBEDS = ("rope", "sincos", "sincos_framewise")
+COND_INJECTIONS = ("adaln", "in_context")
+FRAME_CONDS = ("concat", "cross_attn", "adaln")
 
 
 class VideoDiT(nn.Module):
@@ -189,12 +57,15 @@ class VideoDiT(nn.Module):
         patch_size: (pt, ph, pw); pt = 1 embeds each frame with 2D patches, pt > 1 uses tubelets
             (T is zero-padded to a multiple of pt inside and cropped back).
         hidden_size, depth, num_heads, mlp_ratio: transformer size (presets in `DIT_PRESETS`).
-        block_type: Latte's variants and full attention. "factorized" (Latte 1: spatial/temporal
-            blocks alternate; depth counts both), "late_fusion" (Latte 2: depth/2 spatial blocks, then
-            depth/2 temporal blocks), "vdt" (Latte 3, VDT's order: temporal then spatial attention in
-            every block), "spatial_temporal" (Latte 3 as Latte wrote it: spatial then temporal in
-            every block) or "full" (joint space-time).
-        pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing) or "sincos" (fixed, added).
+        block_type: "factorized", "late_fusion" (depth even: depth counts spatial and temporal
+            blocks), "vdt", "spatial_temporal", "split_heads" (num_heads >= 2) or "full".
+        pos_embed: "rope" (3D rotary on (t, h, w); any shape, packing), "sincos" (fixed: DiT's 2D
+            sin-cos plus a temporal sin-cos, both added to the tokens, as Latte / VDT) or
+            "sincos_framewise" (DiT's 2D sin-cos added to the tokens, the temporal one only to the
+            input of frame-mixing attention: each frame's path is an image DiT's, see init_from).
+        causal: frame-causal temporal and full attention.
+        cond_injection: "adaln" (adaLN-Zero) or "in_context" (conditioning tokens, no modulation).
+        frame_cond: "concat", "cross_attn" or "adaln": how given frames condition the rest.
         num_classes: > 0 adds a class embedding with one extra null class (y == num_classes, or y < 0).
         text_dim: > 0 adds cross-attention to caption tokens of that width.
         pooled_text_dim: > 0 adds a pooled text vector to the adaLN conditioning.
@@ -215,6 +86,9 @@ class VideoDiT(nn.Module):
         mlp_ratio: float = 4.0,
         block_type: str = "factorized",
         pos_embed: str = "rope",
+        causal: bool = False,
+        cond_injection: str = "adaln",
+        frame_cond: str = "concat",
         num_classes: int = 0,
         text_dim: int = 0,
         pooled_text_dim: int = 0,
@@ -224,10 +98,14 @@ class VideoDiT(nn.Module):
         rope_base: float = 10000.0,
     ):
         super().__init__()
-        if block_type not in BLOCK_TYPES:
-            raise ValueError(f"block_type={block_type!r} is unknown; choose one of {BLOCK_TYPES}")
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed={pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
+        for name, value, allowed in (
+            ("block_type", block_type, BLOCK_TYPES),
+            ("pos_embed", pos_embed, POS_EMBEDS),
+            ("cond_injection", cond_injection, COND_INJECTIONS),
+            ("frame_cond", frame_cond, FRAME_CONDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is unknown; choose one of {allowed}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
         if block_type in ("factorized", "late_fusion") and depth % 2:
@@ -235,13 +113,19 @@ class VideoDiT(nn.Module):
                 f"block_type={block_type!r} splits depth into spatial and temporal blocks: "
                 f"depth={depth} must be even"
             )
+        if block_type == "split_heads" and num_heads < 2:
+            raise ValueError(
+                "block_type='split_heads' gives half the heads to space, half to time: num_heads >= 2"
+            )
         check_backend(attn_backend)
         self.in_channels, self.out_channels = in_channels, in_channels * (2 if learn_sigma else 1)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.hidden_size, self.num_heads, self.depth = hidden_size, num_heads, depth
         self.block_type, self.pos_embed, self.attn_backend = block_type, pos_embed, attn_backend
+        self.causal, self.cond_injection, self.frame_cond = causal, cond_injection, frame_cond
         self.num_classes, self.text_dim, self.pooled_text_dim = num_classes, text_dim, pooled_text_dim
         self.learn_sigma, self.grad_checkpointing, self.rope_base = learn_sigma, grad_checkpointing, rope_base
+        self.temporal_enabled = True  # False: spatial-only phase (see `temporal_parameters`)
         if pos_embed == "rope":
             rope_axis_dims(hidden_size // num_heads)  # validates the head size early
 
@@ -262,21 +146,36 @@ class VideoDiT(nn.Module):
             else None
         )
         self.mask_embedder = nn.Embedding(2, hidden_size)  # 0 = generated token, 1 = given (clean) token
+        self.frame_embedder = (  # pooled given-frame tokens -> conditioning vector (frame_cond='adaln')
+            Mlp(in_features=hidden_size, hidden_features=hidden_size, out_features=hidden_size)
+            if frame_cond == "adaln"
+            else None
+        )
 
         kinds = {
             "factorized": [("spatial",) if i % 2 == 0 else ("temporal",) for i in range(depth)],
             "late_fusion": [("spatial",)] * (depth // 2) + [("temporal",)] * (depth // 2),
             "vdt": [("temporal", "spatial")] * depth,
             "spatial_temporal": [("spatial", "temporal")] * depth,
+            "split_heads": [("split",)] * depth,
             "full": [("full",)] * depth,
         }[block_type]
+        adaln = cond_injection == "adaln"
         self.blocks = nn.ModuleList(
             DiTBlock(
-                hidden_size=hidden_size, num_heads=num_heads, mlp_ratio=mlp_ratio, kinds=k, cross=text_dim > 0
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                kinds=k,
+                cross=text_dim > 0,
+                frame_cross=frame_cond == "cross_attn",
+                adaln=adaln,
             )
             for k in kinds
         )
-        self.final_layer = FinalLayer(hidden_size=hidden_size, patch_dim=pt * ph * pw * self.out_channels)
+        self.final_layer = FinalLayer(
+            hidden_size=hidden_size, patch_dim=pt * ph * pw * self.out_channels, adaln=adaln
+        )
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -292,13 +191,25 @@ class VideoDiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         # adaLN-Zero: every residual branch and the output start at zero
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        for layer in [b.adaLN_modulation for b in self.blocks] + [self.final_layer.adaLN_modulation]:
+            if layer is not None:
+                nn.init.zeros_(layer[-1].weight)
+                nn.init.zeros_(layer[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def temporal_parameters(self) -> list[nn.Parameter]:
+        """Parameters used only to mix frames: whole temporal blocks, and the temporal attention
+        layers of two-attention blocks. (Full / split-head attention and the shared adaLN rows are
+        not separable; in the spatial-only phase full and split attention run as spatial.)"""
+        params = []
+        for block in self.blocks:
+            if block.kinds == ("temporal",):
+                params += list(block.parameters())
+            elif len(block.kinds) > 1:
+                for kind, attn in zip(block.kinds, block.attns):
+                    params += list(attn.parameters()) if kind == "temporal" else []
+        return params
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -342,40 +253,85 @@ class VideoDiT(nn.Module):
             m = nn.functional.pad(m, (0, 0, 0, 0, 0, pt - m.shape[2] % pt), value=1.0)
         return self._patchify(m).amin(dim=-1).round().long()  # (B, N)
 
-    def _condition(self, t, y, pooled_text, batch: int, device) -> torch.Tensor:
-        """Per-sample conditioning vector c (B, D): timestep + class + pooled text."""
+    def _condition(self, t, y, pooled_text, batch: int, device) -> list[torch.Tensor]:
+        """Per-sample conditioning vectors, each (B, D): timestep, class, pooled text (as present).
+        adaLN sums them into c; in-context conditioning makes each one a token."""
         t = torch.as_tensor(t, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
-        c = self.t_embedder(t)  # (B, D)
+        parts = [self.t_embedder(t)]  # (B, D)
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full((batch,), self.num_classes, device=device, dtype=torch.long)
             y = torch.where(y < 0, self.num_classes, y)  # label -1 (none) -> null class
-            c = c + self.y_embedder(y)  # (B, D)
+            parts.append(self.y_embedder(y))  # (B, D)
         if self.pooled_embedder is not None and pooled_text is not None:
-            c = c + self.pooled_embedder(pooled_text.to(c.dtype))  # (B, D)
-        return c
+            parts.append(self.pooled_embedder(pooled_text.to(parts[0].dtype)))  # (B, D)
+        return parts
 
-    def _positions(self, layout, dtype):
-        """Returns (additive position embedding (N, D) or None, rope rotations (N, head_dim/2) or None)."""
+    def _given_frames(self, content, given, layout):
+        """VDT's cross-attention / adaLN schemes: the given tokens of each sample, with fixed space-time
+        sin-cos positions, padded to (B, L, D) with a (B, L) validity mask (L >= 1)."""
+        pos = sincos_spatial(layout.coords, self.hidden_size) + sincos_temporal(
+            layout.coords, self.hidden_size
+        )
+        pos = pos.to(content.dtype)
+        if layout.packed:
+            samples = zip(
+                content[0].split(layout.sizes), given[0].split(layout.sizes), pos.split(layout.sizes)
+            )
+        else:
+            samples = ((ci, gi, pos) for ci, gi in zip(content, given.expand(content.shape[:2])))
+        picked = [(ci + pi)[gi.bool()] for ci, gi, pi in samples]  # list of (L_i, D)
+        # at least one (masked) slot: a sample with nothing given gets the same zero attention output
+        # (plus the projection's bias) whether it runs alone or packed beside samples that have some
+        frames = nn.utils.rnn.pad_sequence(
+            picked + [content.new_zeros(1, content.shape[-1])], batch_first=True
+        )
+        lengths = torch.tensor([len(p) for p in picked], device=content.device)
+        return frames[:-1], torch.arange(frames.shape[1], device=content.device)[None] < lengths[:, None]
+
+    def _run(self, content, given, layout, t, y, pooled_text, text, text_mask, batch: int):
+        """content (B|1, N, D) embedded patches; given (B|1, N|1) long -> (B|1, N, patch_dim)."""
+        parts = self._condition(t, y, pooled_text, batch, content.device)  # list of (B, D)
+        ctx = Context(layout=layout, causal=self.causal, temporal=self.temporal_enabled)
+        if self.frame_cond == "concat":
+            h = content + self.mask_embedder(given)  # (B|1, N, D)
+        else:  # given content leaves the sequence (only its mask tag stays) and enters by the scheme
+            frames, frames_mask = self._given_frames(content, given, layout)
+            h = content * (1 - given)[..., None].to(content.dtype) + self.mask_embedder(given)
+            if self.frame_cond == "cross_attn":
+                ctx.frames, ctx.frames_mask = frames, frames_mask
+            else:
+                weights = frames_mask[..., None] / frames_mask.sum(1).clamp(min=1)[:, None, None]  # (B, L, 1)
+                pooled = (frames * weights).sum(1)  # (B, D) mean of the given tokens (0 if none)
+                parts.append(self.frame_embedder(pooled))
         if self.pos_embed == "rope":
-            return None, rope_3d(layout.coords, self.hidden_size // self.num_heads, self.rope_base)
-        return sincos_3d(layout.coords, self.hidden_size).to(dtype), None
-
-    def _run_blocks(self, x, c, layout, rope, text, text_mask):
+            ctx.rope = rope_3d(layout.coords, self.hidden_size // self.num_heads, self.rope_base)
+        else:
+            h = h + sincos_spatial(layout.coords, self.hidden_size).to(h.dtype)  # (B|1, N, D)
+            tpos = sincos_temporal(layout.coords, self.hidden_size).to(h.dtype)  # (N, D)
+            if self.pos_embed == "sincos":
+                h = h + tpos
+            else:
+                ctx.tpos = tpos
         if text is not None:
             if self.text_embedder is None:
                 raise ValueError(
                     "text tokens were given but the model has text_dim=0; set text_dim to their width"
                 )
-            text = self.text_embedder(text.to(x.dtype))  # (B, L, D)
+            ctx.text, ctx.text_mask = self.text_embedder(text.to(h.dtype)), text_mask  # (B, L, D)
+        c = sum(parts)  # (B, D)
+        if self.cond_injection == "in_context":
+            ctx.tokens = torch.stack(parts, dim=1)  # (B, K, D)
         for block in self.blocks:
+            if not self.temporal_enabled and block.kinds == ("temporal",):
+                continue  # spatial-only phase: temporal blocks are skipped
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, layout, rope, text, text_mask, use_reentrant=False)
+                h = checkpoint(block, h, c, ctx, use_reentrant=False)
             else:
-                x = block(x, c, layout, rope, text, text_mask)  # (B, N, D)
-        return self.final_layer(x, c, layout)  # (B, N, patch_dim)
+                h = block(h, c, ctx)  # (B|1, N, D)
+        return self.final_layer(h, c, layout)  # (B|1, N, patch_dim)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -385,13 +341,9 @@ class VideoDiT(nn.Module):
         """x (B, C, T, H, W); t (B,); mask (B, 1, T, H, W) bool, True = given -> (B, C_out, T, H, W)."""
         b, _, T, H, W = x.shape
         layout = GridLayout(batch=b, grid=self.token_grid(T, H, W), device=x.device)
-        h = self.x_embedder(self._patchify(x))  # (B, N, D)
-        h = h + self.mask_embedder(self._given_tokens(mask, x))  # (B, N|1, D)
-        pos, rope = self._positions(layout, h.dtype)
-        if pos is not None:
-            h = h + pos  # (B, N, D)
-        c = self._condition(t, y, pooled_text, b, x.device)  # (B, D)
-        out = self._run_blocks(h, c, layout, rope, text, text_mask)  # (B, N, patch_dim)
+        content = self.x_embedder(self._patchify(x))  # (B, N, D)
+        given = self._given_tokens(mask, x)  # (B, N|1)
+        out = self._run(content, given, layout, t, y, pooled_text, text, text_mask, b)  # (B, N, patch_dim)
         return self._unpatchify(out, T, H, W)  # (B, C_out, T, H, W)
 
     def forward_packed(
@@ -406,27 +358,21 @@ class VideoDiT(nn.Module):
             grids=[self.token_grid(*s) for s in shapes], backend=self.attn_backend, device=xs[0].device
         )
         tokens = [self._patchify(x[None])[0] for x in xs]  # list of (N_i, C*pt*ph*pw)
-        h = self.x_embedder(torch.cat(tokens))[None]  # (1, N, D)
-        if masks is not None:
-            given = torch.cat(  # (N,); a clip whose mask is None has nothing given
-                [
-                    torch.zeros(n, dtype=torch.long, device=x.device)
-                    if m is None
-                    else self._given_tokens(m[None], x[None])[0]
-                    for m, x, n in zip(masks, xs, layout.sizes)
-                ]
-            )
-            h = h + self.mask_embedder(given)[None]
-        else:
-            h = h + self.mask_embedder.weight[0]
-        pos, rope = self._positions(layout, h.dtype)
-        if pos is not None:
-            h = h + pos[None]  # (1, N, D)
-        c = self._condition(t, y, pooled_text, len(xs), xs[0].device)  # (B, D)
-        out = self._run_blocks(h, c, layout, rope, text, text_mask)[0]  # (N, patch_dim)
-        outs = out.split(layout.sizes)
+        content = self.x_embedder(torch.cat(tokens))[None]  # (1, N, D)
+        masks = masks if masks is not None else [None] * len(xs)
+        given = torch.cat(  # (N,); a clip whose mask is None has nothing given
+            [
+                torch.zeros(n, dtype=torch.long, device=x.device)
+                if m is None
+                else self._given_tokens(m[None], x[None])[0]
+                for m, x, n in zip(masks, xs, layout.sizes)
+            ]
+        )[None]  # (1, N)
+        out = self._run(content, given, layout, t, y, pooled_text, text, text_mask, len(xs))[
+            0
+        ]  # (N, patch_dim)
         return [
-            self._unpatchify(o[None], *s)[0] for o, s in zip(outs, shapes)
+            self._unpatchify(o[None], *s)[0] for o, s in zip(out.split(layout.sizes), shapes)
         ]  # list of (C_out, T_i, H_i, W_i)
 
 

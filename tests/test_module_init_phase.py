@@ -1,0 +1,99 @@
+"""VideoDiffusion's research switches around training: `--model.init_from=PATH` starts a fit from an
+image DiT checkpoint (DiT or Latte format), and VDT's spatial-only phase skips or freezes the temporal
+layers for the first N steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_nets_init_from import random_dit  # tests/ is on sys.path (pytest prepend mode)
+
+from datamodules.synthetic import SyntheticVideoDataModule
+from lightning_modules.__main__ import cli_main
+from lightning_modules.video_diffusion import VideoDiffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs/train/debug.yaml")
+QUICK = [
+    "--data.init_args.num_val_samples=4",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fit_starts_from_a_latte_checkpoint(tmp_path):
+    """The debug model's shape as an image DiT (3 channels, 4x4 patches, 8 classes, learned sigma),
+    saved as Latte saves (`{"ema": ...}`); with lr 0 the trained weights are the checkpoint's."""
+    sd = random_dit(input_size=32, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+                    num_classes=8).state_dict()  # fmt: skip
+    torch.save({"ema": sd, "opt": {}}, tmp_path / "latte.pt")
+    cli = cli_main(
+        ["fit", "--config", DEBUG, f"--model.init_from={tmp_path / 'latte.pt'}", "--model.lr=0",
+         "--trainer.max_steps=1", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path}", *QUICK]
+    )  # fmt: skip
+    dit = cli.model.dit
+    torch.testing.assert_close(dit.blocks[1].attns[0].qkv.weight, sd["blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(dit.y_embedder.weight, sd["y_embedder.embedding_table.weight"])
+    torch.testing.assert_close(dit.t_embedder.mlp[2].weight, sd["t_embedder.mlp.2.weight"])
+
+
+def _fit(tmp_path, steps, **kw):
+    torch.manual_seed(0)
+    model = VideoDiffusion(
+        dit=dict(hidden_size=32, depth=4, num_heads=2, patch_size=(1, 4, 4), block_type="factorized"),
+        lr=1e-2,
+        **kw,
+    )
+    before = {n: p.detach().clone() for n, p in model.dit.named_parameters()}
+    dm = SyntheticVideoDataModule(
+        num_samples=4, num_frames=3, height=16, width=16, batch_size=2, patch_size=(1, 4, 4)
+    )
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    temporal = {id(p) for p in model.dit.temporal_parameters()}
+    moved = {n: not torch.equal(p, before[n]) for n, p in model.dit.named_parameters()}
+    is_temporal = {n: id(p) in temporal for n, p in model.dit.named_parameters()}
+    return model, moved, is_temporal
+
+
+@pytest.mark.parametrize("phase", ["skip", "freeze"])
+def test_spatial_phase_leaves_temporal_layers_untouched(tmp_path, phase):
+    model, moved, is_temporal = _fit(tmp_path, 3, spatial_phase_steps=3, spatial_phase=phase)
+    assert any(is_temporal.values()) and not all(is_temporal.values())
+    assert not any(moved[n] for n in moved if is_temporal[n])  # temporal layers: frozen or skipped
+    assert any(moved[n] for n in moved if not is_temporal[n])  # the spatial ones trained
+    assert model.dit.temporal_enabled is (phase == "freeze")  # the last step still ran in the phase
+
+
+def test_joint_training_after_the_phase(tmp_path):
+    model, moved, is_temporal = _fit(tmp_path, 3, spatial_phase_steps=1, spatial_phase="skip")
+    assert any(moved[n] for n in moved if is_temporal[n]) and model.dit.temporal_enabled
+
+
+def test_skipping_temporal_blocks_is_the_image_model_per_frame():
+    """temporal_enabled=False: a factorized model == the same model without its temporal blocks."""
+    from test_nets_dit import randomize
+
+    from lightning_modules.nets import VideoDiT
+
+    model = randomize(VideoDiT(in_channels=3, hidden_size=32, depth=4, num_heads=2, block_type="factorized"))
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([5.0])
+    with torch.no_grad():
+        model.temporal_enabled = False
+        skipped = model(x, t)
+        model.temporal_enabled = True
+        model.blocks = torch.nn.ModuleList(b for b in model.blocks if b.kinds == ("spatial",))
+        torch.testing.assert_close(skipped, model(x, t))
+        per_frame = torch.cat([model(x[:, :, i : i + 1], t) for i in range(4)], dim=2)
+        torch.testing.assert_close(skipped, per_frame, atol=1e-5, rtol=0)
