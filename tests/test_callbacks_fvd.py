@@ -343,6 +343,7 @@ def test_callback_samples_a_conditional_model_with_the_real_label_histogram(labe
         warnings.simplefilter("always")
         trainer.fit(model, datamodule=LabelledClips())
     cond = cb.history[-1]["conditioning"]
+    assert cb.history[-1]["protocol"] == PROTOCOL.name and cb.history[-1]["real_clips"] == 6
     if labels == "real":
         assert Counter(model.labels_seen) == Counter({0: 1, 1: 4, 2: 1})
         assert cond == {
@@ -354,3 +355,14 @@ def test_callback_samples_a_conditional_model_with_the_real_label_histogram(labe
         assert model.labels_seen == [] and cond["mode"] == "unconditional"
         assert cond["unconditional_run_of_conditional_model"] is True
         assert any("UNCONDITIONAL evaluation of a conditional checkpoint" in str(w.message) for w in caught)
+
+
+def test_fewer_val_clips_than_asked_warn_and_are_named_custom():
+    model = Dummy()
+    cb = FVDCallback(real="val_dataloader", height=16, width=16, every_n_steps=0, num_real=20, num_fake=4,
+                     num_frames=9, batch_size=4, detector=tiny_detector())  # fmt: skip
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[cb], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    with pytest.warns(UserWarning, match="only 8 real clips for the 20"):
+        trainer.fit(model, datamodule=Clips())
+    assert cb.history[-1]["real_clips"] == 8 and "num_real=8" in cb.history[-1]["protocol"]

@@ -297,7 +297,10 @@ class FVDCallback(Callback):
                 "step": trainer.global_step,
                 **values,
                 "seconds": time.time() - t0,
-                "protocol": self.protocol.name,
+                # fewer real clips than the preset asks: a custom protocol, named as such
+                "protocol": self.protocol.override(
+                    num_real=min(self._real_count, self.protocol.num_real)
+                ).name,
                 "real_clips": self._real_count,
                 "conditioning": {
                     k: conditioning[k]
@@ -309,7 +312,7 @@ class FVDCallback(Callback):
         tag = "" if calibrated else " [uncalibrated: random-init detector]"
         rank_zero_info(
             f"step {trainer.global_step}: {', '.join(f'{k}={v:.3f}' for k, v in values.items())}{tag} "
-            f"({self.protocol.name}, {self.protocol.num_fake} fake / {self._real_count} real clips, "
+            f"({self.history[-1]['protocol']}, {self.protocol.num_fake} fake / {self._real_count} real clips, "
             f"{conditioning['mode']}, {time.time() - t0:.1f}s)"
         )
         return values
