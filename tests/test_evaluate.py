@@ -564,3 +564,16 @@ def test_videos_decord_cannot_copy_out_are_read_with_pyav():
         frames = decode_frames(data, [0, 7, 15])
         assert frames.shape == (3, size, size, 3)
         np.testing.assert_array_equal(frames, _decode_pyav(data, [0, 7, 15]))
+
+
+def test_random_fake_selection_draws_a_seeded_subset_of_the_folder(data):
+    """Latte and TATS draw their fakes at random from what was generated; fvd2048_16f takes the first."""
+    protocol = get_protocol("fvd2048_16f_latte").override(num_real=2, num_fake=2, num_frames=9)
+    _, info = fake_statistics_from_folder(
+        str(data / "fake"), protocol, tiny_detector(protocol), progress=False
+    )
+    names = ["sample_00.mp4", "sample_01.mp4", "sample_02.mp4"]
+    assert info["first_keys"] == [names[i] for i in np.random.RandomState(0).permutation(3)[:2]]
+    first = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=9)
+    _, info = fake_statistics_from_folder(str(data / "fake"), first, tiny_detector(first), progress=False)
+    assert info["first_keys"] == names[:2]

@@ -2,8 +2,9 @@
 
 Entry points: `frechet.GaussianStats` / `frechet_distance` (float64, mergeable), `protocols.PROTOCOLS`
 (`fvd2048_16f`, `fvd2048_16f_latte`, `fvd_tats`), `detectors.load_fvd_detector` (local weight files
-or `allow_random`), `fvd.real_statistics` / `fake_statistics_from_*`, and the CLI
-`python -m lightning_modules.evaluate`.
+or `allow_random`), `fvd.real_statistics` / `fake_statistics_from_*` (one float64 statistics per
+feature set: I3D for FVD, Inception for FID), `conditioning` (labels / prompts of evaluation
+samples), and the CLI `python -m lightning_modules.evaluate`.
 """
 
 from lightning_modules.metrics.detectors import DetectorWeightsError, FVDDetector, load_fvd_detector

@@ -1,4 +1,8 @@
-"""FVD end to end: select clips, stream them through the detector, merge statistics, compare.
+"""FVD (and FID) end to end: select clips, stream them through each feature set, merge statistics.
+
+A feature set is anything with `name`, `dim`, `sha256`, `options()` and `features(videos, side)`:
+the I3D `FVDDetector` (FVD) and the per-frame `FrameInception` (FID). Only the sets a metric needs
+are passed in, and each has its own real-statistics cache file.
 
 Shared by the standalone evaluator and the training callback. Work is split across DDP ranks
 by clip index (rank r takes clips r, r + world, ...) and the float64 statistics are merged
