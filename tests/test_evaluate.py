@@ -577,3 +577,29 @@ def test_random_fake_selection_draws_a_seeded_subset_of_the_folder(data):
     first = get_protocol("fvd2048_16f").override(num_real=2, num_fake=2, num_frames=9)
     _, info = fake_statistics_from_folder(str(data / "fake"), first, tiny_detector(first), progress=False)
     assert info["first_keys"] == names[:2]
+
+
+def test_fvd_tats_from_a_fake_folder_resizes_real_windows_to_the_fakes_size(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("VIDEODIT_I3D_STATE_DICT", raising=False)
+    fakes = tmp_path / "fake48"
+    fakes.mkdir()
+    for i in range(3):
+        (fakes / f"s{i}.mp4").write_bytes(encode_mp4(moving_square(16, 48, 30 + i)))
+    out = tmp_path / "tats.json"
+    argv = ["--real", str(data / "shards"), "--fake", str(fakes), "--protocol", "fvd_tats", "--num-real", "4"]
+    argv += [
+        "--num-fake",
+        "2",
+        "--num-frames",
+        "9",
+        "--allow-random-detector",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert evaluate.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["real"]["selection"] == "windows" and report["counts"] == {"real": 4, "fake": 2}
+    assert report["real"]["resize"] == {"real_resize": "train", "size": [48, 48], "conversion": "truncate"}
+    assert report["resolution"]["match"] is True and report["fake"]["first_keys"] != ["s0.mp4", "s1.mp4"]
+    assert report["protocol"]["sources"]["real_selection"].startswith("songweige/TATS")
