@@ -379,12 +379,14 @@ def evaluate(args) -> dict:
     if protocol.name not in PROTOCOLS:
         notes.append("custom protocol: compare only with numbers computed under the same protocol")
     counts = {"real": real_info["count"] if needs_real_stats else None, "fake": fake_info["count"]}
-    dims = [fs.dim for fs in feature_sets.values()]
-    if needs_real_stats and dims and min(counts.values()) <= max(dims):
-        notes.append(
-            f"only {min(counts.values())} clips for {max(dims)}-d features: covariances are rank-"
-            "deficient and FVD/FID are biased upwards (roughly ~1/N)"
-        )
+    for name, fs in feature_sets.items():
+        n = min(real[name].count, fake[name].count)
+        if n <= fs.dim:
+            unit = "frames" if name == "inception" else "clips"
+            notes.append(
+                f"only {n} {unit} for {fs.dim}-d {name} features: covariances are rank-deficient and "
+                f"{'FID' if name == 'inception' else 'FVD'} is biased upwards (roughly ~1/N)"
+            )
     for side, info, asked in (("real", real_info, protocol.num_real), ("fake", fake_info, protocol.num_fake)):
         if info and info.get("used_all"):
             notes.append(

@@ -427,6 +427,8 @@ def test_fid_alone_needs_only_the_inception_file_and_caches_its_real_statistics(
     assert second["metrics"]["fid"] == pytest.approx(first["metrics"]["fid"], rel=1e-12)
     assert second["detectors"]["frame"]["frames"] == {"real": 0, "fake": 18}  # real frames not decoded again
     assert second["real"]["sizes"] == first["real"]["sizes"] == [[32, 32]]  # known from one frame on a hit
+    assert first["counts"] == {"real": 2, "fake": 2} and first["real"]["feature_counts"] == {"inception": 18}
+    assert any("only 18 frames for 2048-d inception features" in n for n in first["notes"])
 
 
 def class_conditional_checkpoint(tmp_path, num_classes: int = 3) -> Path:

@@ -198,7 +198,8 @@ def real_statistics(
         sizes_from=sizes_from,
         cache={name: str(cache_path(cache, name)) for name in feature_sets} if cache else None,
         cache_hit=hits,
-        count=next(iter(stats.values())).count if stats else len(clips),
+        count=len(clips),
+        feature_counts={name: st.count for name, st in stats.items()},  # clips for i3d, frames for inception
         sizes=sorted(list(s) for s in sizes) or None,
         resize=transform_key,
     )
