@@ -129,15 +129,6 @@ def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "",
 ANALYSIS_FIELDS = ("probe", "num_scenes", "cuts", "transitions", "corrupt_packets", "candidates", "reason")
 # What extraction sets on a kept clip row (from the encoded mp4).
 EXTRACTED_FIELDS = ("num_frames", "fps", "width", "height", "duration", "timing", "variable_fps")
-SCORE_KEYS = (
-    "motion_mean",
-    "motion_peak",
-    "frame_diff_mean",
-    "flow_mean",
-    "shift_mean",
-    "shake_rate",
-    "shake_amplitude",
-)
 
 
 def seal(out: Path, rec: dict) -> dict:
