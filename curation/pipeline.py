@@ -333,9 +333,7 @@ def extract_clips(
     from curation.probe import ProbeInfo
 
     info = ProbeInfo(**probe)
-    if (
-        frame_pts is None
-    ):  # a refilter: the analysis pass's frame pts and times were stored next to the record
+    if frame_pts is None:  # a refilter: analyse() stored the frames' pts and times by the record
         frame_pts = json.loads((wd / "frame_pts.json").read_text())
     results = extract(
         src.path,
