@@ -16,7 +16,8 @@ end_to_end_vs_multipass_equal_work
                          its own pass over the file: our detectors and their settings (scenedetect
                          SceneManager, auto-downscale) -> scenes to clips with our length rules ->
                          per clip a seek+decode for our motion measure (Farneback + phase
-                         correlation at flow_fps, short side ~flow_short_side) and our motion filter
+                         correlation at flow_fps, phase correlation of every pair for shake, short
+                         side ~flow_short_side) and our motion filter
                          -> per passing clip a seek+decode+encode with our encoder settings
                          (goal >= 1.5). Threads are set the pipeline's way in both: pipeline.limit_threads()
                          (OpenCV), analysis.threads (decoders), extract.threads (encoder).
@@ -154,15 +155,17 @@ def _scene_clips(spans: list[tuple[int, int]], fps: float, ccfg) -> list[tuple[i
 
 
 def _clip_motion(path: str, a: int, b: int, fps: Fraction, acfg) -> dict:
-    """Our motion measure over frames [a, b) from its own decode: max(Farneback magnitude, phase
-    correlation shift) on consecutive pairs every fps/flow_fps frames, in frame diagonals per s."""
+    """Our motion measure over frames [a, b) from its own decode: Farneback magnitude and the
+    phase-correlation shift on consecutive pairs every fps/flow_fps frames (motion = their max),
+    and the shift of every consecutive pair for shake (direction reversals), in diagonals per s."""
+    from curation.analysis import MIN_RESPONSE
+    from curation.motion import shake
+
     step = max(1, round(float(fps) / acfg.flow_fps))
-    prev, samples, size, window = None, [], None, None
+    rate = float(fps)
+    prev, samples, dxs, dys, size, window = None, [], [], [], None, None
     for j, f in enumerate(_clip_frames(path, a, b, fps, acfg.threads)):
         i = a + j
-        if i % step not in (0, step - 1 if step > 1 else 0):  # only frames of a sampled pair
-            prev = None
-            continue
         g = f.to_ndarray(format="gray")
         if size is None:
             k = max(1, round(min(g.shape) / acfg.flow_short_side))
@@ -170,18 +173,25 @@ def _clip_motion(path: str, a: int, b: int, fps: Fraction, acfg) -> dict:
             window = cv2.createHanningWindow(size, cv2.CV_32F)
             diag = math.hypot(*size)
         g = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
-        if prev is not None and i % step == 0:
-            flow = cv2.calcOpticalFlowFarneback(prev, g, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-            mag = float(np.sqrt((flow * flow).sum(-1)).mean())
-            (dx, dy), _ = cv2.phaseCorrelate(prev.astype(np.float32), g.astype(np.float32), window)
-            samples.append(max(mag, math.hypot(dx, dy)) / diag * float(fps))
+        if prev is not None:
+            (dx, dy), response = cv2.phaseCorrelate(prev.astype(np.float32), g.astype(np.float32), window)
+            ok = response >= MIN_RESPONSE
+            dxs.append(dx / diag * rate if ok else np.nan)
+            dys.append(dy / diag * rate if ok else np.nan)
+            if i % step == 0:
+                flow = cv2.calcOpticalFlowFarneback(prev, g, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+                mag = float(np.sqrt((flow * flow).sum(-1)).mean())
+                samples.append(max(mag, math.hypot(dx, dy)) / diag * rate)
         prev = g
     m = np.asarray(samples)
     nan = float("nan")
+    shake_rate, shake_amplitude = shake(np.asarray(dxs), np.asarray(dys), (b - a) / rate)
     return {
         "samples": int(m.size),
         "motion_mean": float(m.mean()) if m.size else nan,
         "motion_peak": float(m.max()) if m.size else nan,
+        "shake_rate": shake_rate,
+        "shake_amplitude": shake_amplitude,
     }
 
 

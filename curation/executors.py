@@ -101,23 +101,27 @@ def _schedule(pool, tasks: Iterable, *, timeout_s: float, retries: int, on_error
 
 def _serve(fn: Callable, conn) -> None:
     """A worker process: say ready, then run tasks from `conn` until it closes."""
+    _die_with_parent()
+    try:
+        conn.send(("ready", None))
+        while True:
+            task = conn.recv()
+            try:
+                msg = ("ok", fn(task))
+            except Exception as e:  # noqa: BLE001 - reported to the driver as this task's failure
+                msg = ("failed", f"{type(e).__name__}: {e}")
+            _send(conn, msg)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the driver closed the pool (or died): nothing left to do
+
+
+def _send(conn, msg: tuple) -> None:
     import pickle
 
-    _die_with_parent()
-    conn.send(("ready", None))
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        try:
-            msg = ("ok", fn(task))
-        except Exception as e:  # noqa: BLE001 - reported to the driver as this task's failure
-            msg = ("failed", f"{type(e).__name__}: {e}")
-        try:
-            conn.send(msg)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            conn.send(("failed", f"result not picklable: {e}"))
+    try:
+        conn.send(msg)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        conn.send(("failed", f"result not picklable: {e}"))
 
 
 def _die_with_parent() -> None:

@@ -129,15 +129,6 @@ def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "",
 ANALYSIS_FIELDS = ("probe", "num_scenes", "cuts", "transitions", "corrupt_packets", "candidates", "reason")
 # What extraction sets on a kept clip row (from the encoded mp4).
 EXTRACTED_FIELDS = ("num_frames", "fps", "width", "height", "duration", "timing", "variable_fps")
-SCORE_KEYS = (
-    "motion_mean",
-    "motion_peak",
-    "frame_diff_mean",
-    "flow_mean",
-    "shift_mean",
-    "shake_rate",
-    "shake_amplitude",
-)
 
 
 def seal(out: Path, rec: dict) -> dict:
@@ -342,9 +333,7 @@ def extract_clips(
     from curation.probe import ProbeInfo
 
     info = ProbeInfo(**probe)
-    if (
-        frame_pts is None
-    ):  # a refilter: the analysis pass's frame pts and times were stored next to the record
+    if frame_pts is None:  # a refilter: analyse() stored the frames' pts and times by the record
         frame_pts = json.loads((wd / "frame_pts.json").read_text())
     results = extract(
         src.path,

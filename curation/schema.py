@@ -31,6 +31,16 @@ LATENT = "latent.npy"
 SPLITS = ("train", "val")
 SHARD_PATTERN = "{split}-%06d.tar"  # under OUT/shards/
 SHARD_INDEX = "index.json"  # OUT/shards/index.json
+# the motion scores a clip's json carries under "motion" (curation/motion.py; clips.parquet columns)
+MOTION_KEYS = (
+    "motion_mean",
+    "motion_peak",
+    "frame_diff_mean",
+    "flow_mean",
+    "shift_mean",
+    "shake_rate",
+    "shake_amplitude",
+)
 # per-shard columns of index.json ("clips": {field: [one value per clip, in shard order]}): what a
 # loader needs to size an epoch (buckets, packing) without reading a tar
 INDEX_CLIP_FIELDS = ("key", "num_frames", "fps", "height", "width")

@@ -23,6 +23,7 @@ from curation.schema import (
     EMB,
     INDEX_CLIP_FIELDS,
     JSON,
+    MOTION_KEYS,
     MP4,
     SHARD_INDEX,
     SHARD_PATTERN,
@@ -145,11 +146,7 @@ def shard_samples(
                 "variable_fps": c.get("variable_fps"),
                 "duration": c["duration"],
             },
-            "motion": {
-                k: c[k]
-                for k in ("motion_mean", "motion_peak", "frame_diff_mean", "flow_mean", "shift_mean")
-                + ("shake_rate", "shake_amplitude")
-            },
+            "motion": {k: c[k] for k in MOTION_KEYS},
             "clip_score": c["clip_score"],
             "caption": c["caption"],
             "caption_origin": c["caption_origin"],

@@ -10,14 +10,16 @@ videos into a block the main process has released and sends only where they lie 
 main process rebuilds the views (`attach`). Small per-batch tensors (labels, fps, shapes) travel
 as lists. `release` frees a block once the uint8 videos have been copied out: by `to_unit` (the
 float conversion), by `attach` when it pins them for CUDA, or after the transfer to the
-accelerator (`on_after_batch_transfer`). A block never released (a batch dropped unconverted)
-only costs its slot: with every slot busy, or a batch larger than a block, the worker falls back
-to a fresh block sent the usual way.
+accelerator (`on_after_batch_transfer`), or when the last view of the batch's videos is garbage
+collected. Slots of batches that never reached the consumer (a pass left early: the loader drops
+what the workers had prefetched) are reclaimed at the next pass. With every slot busy, or a batch
+larger than a block, the worker falls back to a fresh block sent the usual way.
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -30,28 +32,71 @@ _ids = itertools.count()
 
 
 class BlockTable:
-    """Blocks for every worker of one loader; create it in the main process before the workers."""
+    """Blocks for every worker of one loader; create it in the main process before the workers.
+
+    A slot's flag is 0 when free, else the tag (1..100) of the loader pass that filled it."""
 
     def __init__(self, workers: int, nbytes: int):
         self.id, self.nbytes = next(_ids), int(nbytes)
-        self.flags = torch.zeros(max(1, workers), SLOTS, dtype=torch.int8).share_memory_()  # 1 = in use
+        self.flags = torch.zeros(max(1, workers), SLOTS, dtype=torch.int8).share_memory_()
         self.data = torch.empty(
             max(1, workers), SLOTS, max(1, self.nbytes), dtype=torch.uint8
         ).share_memory_()
+        self.live: dict[tuple[int, int], weakref.ref] = {}  # main process: slots whose batch is out
         _TABLES[self.id] = self
+
+    def __getstate__(self):
+        return {**self.__dict__, "live": {}}
 
     def __setstate__(self, state):  # a spawned worker: register the table it received
         self.__dict__.update(state)
         _TABLES.setdefault(self.id, self)
 
-    def take(self, row: int, n: int) -> tuple[torch.Tensor, tuple[int, int, int] | None]:
+    def take(self, row: int, n: int, tag: int = 1) -> tuple[torch.Tensor, tuple[int, int, int] | None]:
         """(flat uint8 tensor of n bytes, its handle; None for a one-off block) for worker `row`."""
         if n <= self.nbytes:
             for slot in range(SLOTS):
                 if int(self.flags[row, slot]) == 0:
-                    self.flags[row, slot] = 1
+                    self.flags[row, slot] = tag
                     return self.data[row, slot, :n], (self.id, row, slot)
         return shared_bytes(n), None
+
+    def reclaim(self, tag: int) -> None:
+        """Main process, at the start of a pass tagged `tag` (after the loader's reset drained the
+        last pass): free the slots of batches no one ever received (a pass left early: the loader
+        drops what the workers had prefetched), never those of batches still out."""
+        for row, slot in (self.flags != 0).nonzero().tolist():
+            out = self.live.get((row, slot))
+            if int(self.flags[row, slot]) != tag and (out is None or out() is None):
+                self.flags[row, slot] = 0
+
+
+def pass_tag(n: int) -> int:
+    """The flag value (1..100) of loader pass number n."""
+    return n % 100 + 1
+
+
+class _Hold:
+    """A received batch's claim on its block: freed by `release`, or when the last of its video
+    views is garbage collected (each view holds it), whichever comes first; only once."""
+
+    def __init__(self, table: BlockTable, row: int, slot: int):
+        self.table, self.row, self.slot, self.done = table, row, slot, False
+        table.live[(row, slot)] = weakref.ref(self)
+        weakref.finalize(self, _free, table, row, slot)
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.table.live.pop((self.row, self.slot), None)
+            self.table.flags[self.row, self.slot] = 0
+
+
+def _free(table: BlockTable, row: int, slot: int) -> None:
+    ref = table.live.get((row, slot))
+    if ref is not None and ref() is None:  # the hold died unreleased: its views are gone
+        table.live.pop((row, slot), None)
+        table.flags[row, slot] = 0
 
 
 def shared_bytes(n: int) -> torch.Tensor:
@@ -106,12 +151,19 @@ def attach(batch: dict, *, pin: bool = False) -> dict:
         if isinstance(batch.get(k), _List):
             batch[k] = batch[k].tensor()
     handle = batch.get("_buffer")
-    if handle is not None:
-        data = _TABLES[handle[0]].data
+    if handle is not None and not isinstance(handle, _Hold):
+        table = _TABLES[handle[0]]
+        hold = batch["_buffer"] = _Hold(table, handle[1], handle[2])
+
+        def view(w: _Where) -> torch.Tensor:
+            v = w.view(table.data)
+            v._block_hold = hold  # the block stays claimed while any view of it lives
+            return v
+
         if isinstance(batch.get("video"), _Where):
-            batch["video"] = batch["video"].view(data)
+            batch["video"] = view(batch["video"])
         if "videos" in batch:
-            batch["videos"] = [v.view(data) if isinstance(v, _Where) else v for v in batch["videos"]]
+            batch["videos"] = [view(v) if isinstance(v, _Where) else v for v in batch["videos"]]
     if pin and torch.cuda.is_available():
         if "video" in batch:
             batch["video"] = batch["video"].pin_memory()
@@ -123,6 +175,6 @@ def attach(batch: dict, *, pin: bool = False) -> dict:
 
 def release(batch: dict) -> None:
     """Give a batch's block back to its worker (call once its uint8 videos have been copied out)."""
-    handle = batch.pop("_buffer", None)
-    if handle is not None and handle[0] in _TABLES:
-        _TABLES[handle[0]].flags[handle[1], handle[2]] = 0
+    hold = batch.pop("_buffer", None)
+    if isinstance(hold, _Hold):
+        hold.release()

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.buckets import BucketBatcher
-from datamodules.buffers import BlockTable, attach, detach
+from datamodules.buffers import BlockTable, attach, detach, pass_tag
 from datamodules.collate import collate_bucketed, collate_packed, to_unit
 from datamodules.options import Options, make_buckets
 from datamodules.packing import StreamPacker
@@ -60,8 +60,8 @@ class ShardDataset(IterableDataset):
         self.urls, self.image_urls, self.o, self.train = urls, image_urls, opts, train
         self.rank, self.world_size, self.batches_per_rank = rank, world_size, batches_per_rank
         self.counters = counters  # (num_workers, len(COUNTERS)) int64, shared memory
-        # [epoch, batches to skip]: shared memory, so persistent workers see each new epoch
-        self.control = torch.zeros(2, dtype=torch.long).share_memory_()
+        # [epoch, batches to skip, pass number]: shared memory, so persistent workers see each pass
+        self.control = torch.zeros(3, dtype=torch.long).share_memory_()
         # reusable batch blocks for the workers (buffers.py), allocated here, before they start
         self.blocks = BlockTable(opts.num_workers, block_bytes(opts)) if opts.num_workers > 0 else None
         self._alloc = None  # a worker's `take` from its row of blocks
@@ -156,8 +156,9 @@ class ShardDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # decord and torch ops per worker: workers are the parallelism
-            if self.blocks is not None:
-                self._alloc = functools.partial(self.blocks.take, info.id)
+            if self.blocks is not None:  # this pass's batches carry its tag (buffers.BlockTable.reclaim)
+                tag = pass_tag(int(self.control[2]))
+                self._alloc = functools.partial(self.blocks.take, info.id, tag=tag)
         planner = Planner(
             self.o, train=self.train, image_shards=bool(self.image_urls), counters=self.counters
         )
@@ -209,9 +210,11 @@ class EpochLoader(ResumableLoaderMixin, DataLoader):
         epoch, skip = self._resume_skip(epoch)
         self.dataset.set_epoch(epoch)
         self.dataset.skip_batches(skip)  # before the workers start (or resume) this pass
-        batches = (
-            attach(b, pin=self.pin_memory) for b in super().__iter__()
-        )  # videos from the workers' blocks
+        self.dataset.control[2] += 1
+        base = super().__iter__()  # (persistent workers: the last pass's leftovers are drained here)
+        if self.dataset.blocks is not None:
+            self.dataset.blocks.reclaim(pass_tag(int(self.dataset.control[2])))
+        batches = (attach(b, pin=self.pin_memory) for b in base)  # videos from the workers' blocks
         it = self._resumable(batches, epoch, skip=skip, skipped=True)
         # workers ship uint8; the contract's float [-1, 1] is made here, or after the batch transfer
         return it if self.normalize_on_device else map(to_unit, it)

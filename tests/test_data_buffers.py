@@ -39,13 +39,31 @@ def test_batches_through_reused_blocks_equal_in_process_batches(tmp_path):
     for k in ref:  # 15 batches per worker through 6 slots: a block reused too early would show here
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
     assert int(loader.dataset.blocks.flags.sum()) == 0  # every block given back
+    for _ in range(3):  # passes left after one batch: what the workers had prefetched is reclaimed
+        next(iter(loader))
+    assert {k for b in loader for k in (m["key"] for m in b["meta"])} == ref.keys()
+    assert int(loader.dataset.blocks.flags.sum()) == 0
 
 
 def test_a_batch_never_released_costs_only_its_slot():
     table = buffers.BlockTable(1, 100)
-    handles = [table.take(0, 100)[1] for _ in range(buffers.SLOTS + 1)]
-    assert handles[-1] is None and None not in handles[:-1]  # every slot held: a one-off block
+    taken = [table.take(0, 100) for _ in range(buffers.SLOTS + 1)]
+    assert taken[-1][1] is None and None not in [h for _, h in taken[:-1]]  # slots all held: one-off block
     assert table.take(0, 101)[1] is None  # larger than a block: a one-off block
-    buffers.release({"_buffer": handles[2]})
-    again, handle = table.take(0, 50)
-    assert handle == handles[2] and again.numel() == 50  # the freed slot, reused
+    flat, handle = taken[2]
+    batch = buffers.attach({"video": buffers._Where.of(flat.view(4, 25)), "_buffer": list(handle)})
+    buffers.release(batch)
+    again, handle2 = table.take(0, 50)
+    assert handle2 == handle and again.numel() == 50  # the freed slot, reused
+
+
+def test_a_block_held_raw_stays_claimed_until_its_views_die():
+    table = buffers.BlockTable(1, 64)
+    flat, handle = table.take(0, 48, tag=buffers.pass_tag(0))
+    batch = buffers.attach({"video": buffers._Where.of(flat.view(3, 16)), "_buffer": list(handle)})
+    video = batch.pop("video")  # the consumer keeps the raw uint8 view, drops the batch
+    del batch
+    table.reclaim(buffers.pass_tag(1))  # a new pass: a block still viewed is not reclaimed
+    assert int(table.flags[0, handle[2]]) != 0
+    del video  # its last view dies: the block is free
+    assert int(table.flags[0, handle[2]]) == 0
