@@ -229,7 +229,7 @@ tr:nth-child(even){background:#f6f6f6} td.n{text-align:right;font-variant-numeri
 .bar{background:#4a90d9;height:10px;display:inline-block}
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;font-weight:bold}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;width:380px;font-size:11px} figure img{width:100%;border:1px solid #ccc}
+figure{margin:0;width:380px;font-size:11px} figure img{width:100%;border:1px solid #ccc} figure img.thumb{width:auto;max-width:100%;max-height:96px}
 .missing{display:block;width:100%;height:40px;background:#eee;color:#888;text-align:center;line-height:40px}
 .plots img{width:380px}
 """
@@ -246,7 +246,7 @@ def _fmt(v, digits: int = 3) -> str:
 def _thumb_figure(out_dir: Path, row: dict) -> str:
     data = _thumb(out_dir, row.get("thumb"))
     img = (
-        f'<img alt="{html.escape(row["key"])}" src="data:image/jpeg;base64,{data}">'
+        f'<img class="thumb" alt="{html.escape(row["key"])}" src="data:image/jpeg;base64,{data}">'
         if data
         else '<span class="missing">missing thumbnail</span>'
     )
