@@ -65,9 +65,10 @@ def index_metas(urls: list[str]) -> list[dict] | None:
         cols = shard.get("clips")
         if split is None or not isinstance(cols, dict) or set(INDEX_CLIP_FIELDS) - set(cols):
             return None
-        for row in zip(*(cols[f] for f in INDEX_CLIP_FIELDS)):
+        per_clip = cols.get("split") or [split] * len(cols["key"])  # write_index: each clip's own split
+        for row, clip_split in zip(zip(*(cols[f] for f in INDEX_CLIP_FIELDS)), per_clip):
             meta = {k: v for k, v in zip(INDEX_CLIP_FIELDS, row) if v is not None}
-            metas.append({**meta, "__key__": meta["key"], "__fields__": [MP4], "split": split})
+            metas.append({**meta, "__key__": meta["key"], "__fields__": [MP4], "split": clip_split})
     return metas
 
 
@@ -141,15 +142,17 @@ def _safe_scan(url: str) -> list[dict]:
 
 
 def write_index(shard_dir: str) -> str:
-    """Write ``index.json`` (clip counts and columns per shard and split) for the tars in a folder."""
+    """Write ``index.json`` for the tars in a folder: per shard its clips' tar keys, frames, fps,
+    size and split (the split from each clip's json, default train), as curation writes it."""
     splits: dict[str, dict] = {}
     for url in tqdm(expand_shards(shard_dir), desc="indexing shards"):
         metas = [m for m in scan_metadata(url) if MP4 in m["__fields__"]]
-        split = os.path.basename(url).split("-")[0] if "-" in os.path.basename(url) else "train"
-        cols = {f: [m.get(f, m["__key__"] if f == "key" else None) for m in metas] for f in INDEX_CLIP_FIELDS}
+        cols = {f: [m["__key__"] if f == "key" else m.get(f) for m in metas] for f in INDEX_CLIP_FIELDS}
+        cols["split"] = [m.get("split", "train") for m in metas]
+        group = cols["split"][0] if len(set(cols["split"])) == 1 else "mixed"
         entry = {"name": os.path.basename(url), "count": len(metas), "clips": cols}
-        splits.setdefault(split, {"shards": [], "clips": 0})["shards"].append(entry)
-        splits[split]["clips"] += len(metas)
+        splits.setdefault(group, {"shards": [], "clips": 0})["shards"].append(entry)
+        splits[group]["clips"] += len(metas)
     path = os.path.join(shard_dir, SHARD_INDEX)
     with open(path, "w") as f:
         json.dump({"splits": splits, "total_clips": sum(s["clips"] for s in splits.values())}, f)

@@ -26,7 +26,6 @@ each other in validation; a batch that fails to decode is replaced the same way.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datamodules.buckets import BucketBatcher
 from datamodules.buffers import BlockTable, attach, detach, pass_tag
 from datamodules.collate import collate_bucketed, collate_packed, to_unit
-from datamodules.options import Options, make_buckets
+from datamodules.options import Options
 from datamodules.packing import StreamPacker
 from datamodules.planning import Planner
 from datamodules.resumable import ResumableLoaderMixin
@@ -63,7 +62,7 @@ class ShardDataset(IterableDataset):
         # [epoch, batches to skip, pass number]: shared memory, so persistent workers see each pass
         self.control = torch.zeros(3, dtype=torch.long).share_memory_()
         # reusable batch blocks for the workers (buffers.py), allocated here, before they start
-        self.blocks = BlockTable(opts.num_workers, block_bytes(opts)) if opts.num_workers > 0 else None
+        self.blocks = BlockTable(opts.num_workers) if opts.num_workers > 0 else None
         self._alloc = None  # a worker's `take` from its row of blocks
 
     @property
@@ -137,15 +136,15 @@ class ShardDataset(IterableDataset):
                 yield from self._padding(good, planner, wid)
             owed = 0
         local = len(range(rank, n, world))  # this rank's batches; every rank yields ceil(n / world)
-        if local < -(-n // world) and local % nw == wid and last is not None:
+        if local < -(-n // world) and local % nw == wid:
             owed += 1
-            good = last if good is None else good
-        for _ in range(owed if good is not None else 0):
-            yield from self._padding(good, planner, wid)
+        for _ in range(owed):
+            yield from self._padding(good or last, planner, wid)
 
-    def _padding(self, group: list[dict], planner: Planner, wid: int) -> Iterator[dict]:
-        """`group` decoded again, its samples saying ``padding: True`` (equal counts per rank)."""
-        batch = self._emit(group, planner, wid=wid)
+    def _padding(self, group: list[dict] | None, planner: Planner, wid: int) -> Iterator[dict]:
+        """`group` decoded again, its samples saying ``padding: True`` (equal counts per rank).
+        (A group that fails to decode again costs the count one batch: logged as corrupt.)"""
+        batch = self._emit(group, planner, wid=wid) if group else None
         if batch is not None:
             planner.count(wid, "padding")
             batch["meta"] = [{**m, "padding": True} for m in batch["meta"]]
@@ -171,14 +170,6 @@ class ShardDataset(IterableDataset):
             yield from self._train(stream, planner, wid=(wid + skip) % nw, nw=nw, skip=skip)
         else:
             yield from self._eval(stream, planner, wid=wid, nw=nw)
-
-
-def block_bytes(o: Options) -> int:
-    """The largest batch of uint8 video the settings allow (bytes): the size of a worker's block."""
-    if o.batching == "bucket":
-        return max(b.batch_size * b.num_frames * b.height * b.width * 3 for b in make_buckets(o, o.grid).all)
-    voxels = math.prod(p * d for p, d in zip(o.patch_size, o.latent_downsample))  # pixels per token
-    return o.tokens_per_batch * voxels * 3
 
 
 class EpochLoader(ResumableLoaderMixin, DataLoader):
@@ -212,7 +203,9 @@ class EpochLoader(ResumableLoaderMixin, DataLoader):
         self.dataset.skip_batches(skip)  # before the workers start (or resume) this pass
         self.dataset.control[2] += 1
         base = super().__iter__()  # (persistent workers: the last pass's leftovers are drained here)
-        if self.dataset.blocks is not None:
+        if (
+            self.dataset.blocks is not None and self.persistent_workers
+        ):  # (new workers: old ones may still write)
             self.dataset.blocks.reclaim(pass_tag(int(self.dataset.control[2])))
         batches = (attach(b, pin=self.pin_memory) for b in base)  # videos from the workers' blocks
         it = self._resumable(batches, epoch, skip=skip, skipped=True)

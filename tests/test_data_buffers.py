@@ -1,5 +1,6 @@
 """Reused shared-memory batch blocks: worker batches equal in-process ones, blocks come back."""
 
+import gc
 import time
 
 import numpy as np
@@ -16,10 +17,11 @@ def test_batches_through_reused_blocks_equal_in_process_batches(tmp_path):
         s["mp4"] = encode_mp4(np.full((6, 24, 32, 3), 8 * i, np.uint8), 24.0)
     write_shards(str(tmp_path / "val-%06d.tar"), samples, maxcount=5)
 
-    def videos(workers):
+    def videos(workers, persistent=True):
         dm = VideoShardsDataModule(val_shards=str(tmp_path / "val-*.tar"), train_shards=str(tmp_path / "none-*.tar"),
                                    num_frames=4, height=16, width=16, batch_size=1, num_workers=workers,
-                                   latent_downsample=(1, 1, 1), patch_size=(1, 2, 2))  # fmt: skip
+                                   latent_downsample=(1, 1, 1), patch_size=(1, 2, 2),
+                                   persistent_workers=persistent)  # fmt: skip
         loader = dm.val_dataloader()
         out = {}
         for batch in loader:  # to_unit in the iterator releases each block before the next batch
@@ -43,22 +45,31 @@ def test_batches_through_reused_blocks_equal_in_process_batches(tmp_path):
         next(iter(loader))
     assert {k for b in loader for k in (m["key"] for m in b["meta"])} == ref.keys()
     assert int(loader.dataset.blocks.flags.sum()) == 0
+    table_id = loader.dataset.blocks.id
+    del loader
+    gc.collect()
+    assert table_id not in buffers._TABLES  # a loader's blocks go with it
+    got, _ = videos(2, persistent=False)  # new workers every pass: blocks made again, same batches
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
 
 
 def test_a_batch_never_released_costs_only_its_slot():
-    table = buffers.BlockTable(1, 100)
+    table = buffers.BlockTable(1)
     taken = [table.take(0, 100) for _ in range(buffers.SLOTS + 1)]
-    assert taken[-1][1] is None and None not in [h for _, h in taken[:-1]]  # slots all held: one-off block
-    assert table.take(0, 101)[1] is None  # larger than a block: a one-off block
+    assert taken[-1][1] is None and all(h[3] for _, h in taken[:-1])  # slots all held: one-off block
     flat, handle = taken[2]
     batch = buffers.attach({"video": buffers._Where.of(flat.view(4, 25)), "_buffer": list(handle)})
     buffers.release(batch)
     again, handle2 = table.take(0, 50)
-    assert handle2 == handle and again.numel() == 50  # the freed slot, reused
+    assert handle2[:3] == handle[:3] and not handle2[3] and again.numel() == 50  # the freed slot's block
+    buffers.release(buffers.attach({"video": buffers._Where.of(again.view(2, 25)), "_buffer": list(handle2)}))
+    grown, handle3 = table.take(0, 1000)
+    assert handle3[:3] == handle[:3] and handle3[3] and grown.numel() == 1000  # too small: a new block
 
 
 def test_a_block_held_raw_stays_claimed_until_its_views_die():
-    table = buffers.BlockTable(1, 64)
+    table = buffers.BlockTable(1)
     flat, handle = table.take(0, 48, tag=buffers.pass_tag(0))
     batch = buffers.attach({"video": buffers._Where.of(flat.view(3, 16)), "_buffer": list(handle)})
     video = batch.pop("video")  # the consumer keeps the raw uint8 view, drops the batch

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import pytest
 
@@ -59,7 +60,8 @@ def test_index_sizing_scans_nothing_and_falls_back_when_a_shard_is_missing(corpu
     assert opened == []
     # a shard missing from the index: fall back to scanning (with a warning for many shards)
     index = json.loads((corpus / "shards" / "index.json").read_text())
-    index["splits"]["train"]["shards"].pop()
+    for group in index["splits"].values():  # drop one training shard from the index
+        group["shards"] = [sh for sh in group["shards"] if sh["name"] != os.path.basename(urls[-1])]
     (corpus / "shards" / "index.json").write_text(json.dumps(index))
     assert make(corpus).planned_batches(urls) == expected
     assert len(opened) == len(urls)
@@ -82,3 +84,21 @@ def test_every_rank_yields_the_same_number_of_validation_batches(corpus, world, 
     n = sum(1 for _ in make(corpus, num_workers=0).val_dataloader())
     padded = sum(1 for batches in per_rank for b in batches if all(m.get("padding") for m in b["meta"]))
     assert padded == world * counts[0] - n
+
+
+def test_an_index_of_shards_named_anything_sizes_like_a_scan(tmp_path):
+    """`python -m datamodules.epochs` on shards made elsewhere: the split comes from each clip's json."""
+    samples = [clip_sample(f"u{i:03d}_s0_c0", num_frames=t, height=h, width=w, fps=fps)
+               for i, (t, h, w, fps) in zip(range(20), itertools.cycle(CLIPS))]  # fmt: skip
+    samples[0]["json"]["split"] = "val"  # a held-out clip
+    write_shards(str(tmp_path / "ucf-%06d.tar"), samples, maxcount=4)
+    dm = VideoShardsDataModule(train_shards=str(tmp_path / "ucf-*.tar"), buckets=CONFIG, num_workers=0,
+                               latent_downsample=(1, 1, 1))  # fmt: skip
+    urls = dm.shard_urls("train")
+    scanned = dm.planned_batches(urls)
+    write_index(str(tmp_path))
+    from datamodules.epochs import index_metas
+
+    metas = index_metas(urls)
+    assert metas is not None and len(metas) == 20 and sum(m["split"] == "train" for m in metas) == 19
+    assert dm.planned_batches(urls) == scanned > 1
