@@ -113,7 +113,8 @@ class VideoDiffusion(L.LightningModule):
         rng_seed: base seed of training randomness; None = `torch.initial_seed()` (set by `seed_everything`).
         init_from, init_from_mode: start a fresh `fit` from an image DiT checkpoint (DiT's state dict or
             Latte's `{"ema": ...}`), mapped by `nets.init_from_image_dit` ("latte" or "per_frame");
-            the report is logged. Ignored when resuming from a checkpoint.
+            the report is logged. Applied once: ignored when resuming (`--ckpt_path`), after
+            `load_from_checkpoint` (fine-tuning keeps the trained weights) and on a second `fit`.
         spatial_phase_steps, spatial_phase: VDT's schedule: for the first N training steps the
             temporal layers are skipped ("skip": temporal blocks and attentions do not run; full and
             split-head attention run within frames) or frozen ("freeze": they run, their gradients
@@ -184,19 +185,25 @@ class VideoDiffusion(L.LightningModule):
         # confusing for sharded (FSDP) state dicts.
         object.__setattr__(self, "_net", self.dit)
         self.sample_shape: tuple[int, int, int] | None = None  # (T, H, W) pixels of the last training clips
+        self._init_from_done = False  # True once init_from was applied or weights were restored
 
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
         self.check_data_matches()
+        # `init_from` starts a fresh model only: never once weights were restored (a resumed fit, or
+        # `load_from_checkpoint` then `fit` to fine-tune: the checkpoint's hparams keep `init_from`)
+        # nor a second time on the same instance
         if (
             stage == "fit"
             and self.hparams.init_from
+            and not self._init_from_done
             and self._trainer is not None
             and self._trainer.ckpt_path is None
         ):
             state = load_image_dit_checkpoint(self.hparams.init_from)
             report = init_from_image_dit(self.dit, state, mode=self.hparams.init_from_mode)
             rank_zero_info(f"{self.hparams.init_from}: {report}")
+            self._init_from_done = True
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
             object.__setattr__(self, "_net", torch.compile(self.dit))
 
@@ -258,6 +265,7 @@ class VideoDiffusion(L.LightningModule):
         checkpoint["videodit"] = {"sample_shape": list(self.sample_shape) if self.sample_shape else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._init_from_done = True  # (load_from_checkpoint and resume both call this)
         shape = checkpoint.get("videodit", {}).get("sample_shape")
         self.sample_shape = tuple(shape) if shape else None
 

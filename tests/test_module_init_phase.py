@@ -97,3 +97,39 @@ def test_skipping_temporal_blocks_is_the_image_model_per_frame():
         torch.testing.assert_close(skipped, model(x, t))
         per_frame = torch.cat([model(x[:, :, i : i + 1], t) for i in range(4)], dim=2)
         torch.testing.assert_close(skipped, per_frame, atol=1e-5, rtol=0)
+
+
+def test_fine_tuning_a_checkpoint_does_not_reapply_init_from(tmp_path):
+    """A Lightning checkpoint keeps `init_from` in its hparams: `load_from_checkpoint` then `fit`
+    (fine-tuning) must keep the trained weights, not overwrite them with the image DiT file again."""
+    sd = random_dit(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+                    num_classes=0).state_dict()  # fmt: skip
+    sd.pop("y_embedder.embedding_table.weight")
+    torch.save(sd, tmp_path / "dit.pt")
+    kw = dict(logger=False, enable_checkpointing=False, default_root_dir=tmp_path, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+
+    def dm():
+        return SyntheticVideoDataModule(
+            num_samples=4, num_frames=3, height=16, width=16, batch_size=2, patch_size=(1, 4, 4)
+        )
+
+    torch.manual_seed(0)
+    model = VideoDiffusion(dit=dict(hidden_size=32, depth=2, num_heads=2, patch_size=(1, 4, 4)), lr=1e-2,
+                           init_from=str(tmp_path / "dit.pt"))  # fmt: skip
+    trainer = L.Trainer(max_steps=3, **kw)
+    trainer.fit(model, datamodule=dm())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    trained = {n: p.detach().clone() for n, p in model.dit.named_parameters()}
+    assert not torch.equal(trained["blocks.0.attns.0.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+
+    tuned = VideoDiffusion.load_from_checkpoint(tmp_path / "m.ckpt", lr=0.0)
+    L.Trainer(max_steps=1, **kw).fit(tuned, datamodule=dm())
+    for name, p in tuned.dit.named_parameters():
+        torch.testing.assert_close(p, trained[name], rtol=0, atol=0, msg=name)
+
+    # the same instance fitted a second time keeps its weights too
+    L.Trainer(max_steps=1, **kw).fit(tuned, datamodule=dm())
+    torch.testing.assert_close(
+        tuned.dit.blocks[0].attns[0].qkv.weight, trained["blocks.0.attns.0.qkv.weight"]
+    )
