@@ -118,8 +118,11 @@ class VideoDiffusion(L.LightningModule):
         spatial_phase_steps, spatial_phase: VDT's schedule: for the first N training steps the
             temporal layers are skipped ("skip": temporal blocks and attentions do not run; full and
             split-head attention run within frames) or frozen ("freeze": they run, their gradients
-            are dropped), then joint training. "skip" leaves parameters unused: DDP needs
-            `find_unused_parameters=True` (strategy `ddp_find_unused_parameters_true`).
+            are dropped), then joint training. In both, the temporal attention's rows of a
+            two-attention block's shared adaLN layer ("vdt", "spatial_temporal") are held too:
+            gradients zeroed, values restored after each step (no weight decay). "freeze" needs a
+            separate temporal path: refused for "full" / "split_heads". "skip" leaves parameters
+            unused: DDP needs `find_unused_parameters=True` (strategy `ddp_find_unused_parameters_true`).
     """
 
     def __init__(
@@ -177,6 +180,16 @@ class VideoDiffusion(L.LightningModule):
             learn_sigma=bool(objective_kwargs.get("learn_sigma", False)),
         )
         self.dit = VideoDiT(**dit_kwargs)
+        if (
+            spatial_phase == "freeze"
+            and spatial_phase_steps > 0
+            and self.dit.block_type in ("full", "split_heads")
+        ):
+            raise ValueError(
+                f"spatial_phase='freeze' needs separate temporal layers, but block_type={self.dit.block_type!r} "
+                "mixes frames inside shared attention weights: use spatial_phase='skip' (it runs that "
+                "attention within frames) or a factorized / late_fusion / vdt / spatial_temporal model"
+            )
         self.patch_size = tuple(self.dit.patch_size)
         self.masks = MaskGenerator(probs=dict(mask_probs)) if mask_probs else None
         # what the objective calls: the DiT itself, or its compiled wrapper when compile=True. Kept
@@ -186,6 +199,7 @@ class VideoDiffusion(L.LightningModule):
         object.__setattr__(self, "_net", self.dit)
         self.sample_shape: tuple[int, int, int] | None = None  # (T, H, W) pixels of the last training clips
         self._init_from_done = False  # True once init_from was applied or weights were restored
+        self._held_rows: list = []  # (parameter, rows, values) restored after this optimizer step
 
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
@@ -374,9 +388,33 @@ class VideoDiffusion(L.LightningModule):
         self.dit.temporal_enabled = not (self.hparams.spatial_phase == "skip" and self.in_spatial_phase())
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.hparams.spatial_phase == "freeze" and self.in_spatial_phase():
+        if not self.in_spatial_phase():
+            return
+        if self.hparams.spatial_phase == "freeze":
             for p in self.dit.temporal_parameters():
                 p.grad = None  # AdamW leaves a parameter without a gradient untouched
+        # the temporal attention's rows of a shared adaLN layer: no gradient (clean Adam moments for
+        # the joint phase) and their values put back after the step (weight decay would shrink them)
+        rows = self.dit.temporal_modulation_rows()
+        if rows and getattr(self.dit, "_videodit_sharded", False):
+            raise NotImplementedError(
+                "the spatial-only phase of vdt / spatial_temporal blocks holds rows of sharded (FSDP2) "
+                "adaLN weights: train that phase with DDP, or use factorized / late_fusion blocks"
+            )
+        with torch.no_grad():
+            for p, r in rows:
+                if p.grad is not None:
+                    p.grad[r] = 0
+                self._held_rows.append((p, r, p[r].clone()))
+
+    def optimizer_step(self, *args, **kwargs):
+        try:
+            return super().optimizer_step(*args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for p, r, value in self._held_rows:
+                    p[r] = value
+            self._held_rows.clear()
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, batch_idx, "val")

@@ -200,8 +200,9 @@ class VideoDiT(nn.Module):
 
     def temporal_parameters(self) -> list[nn.Parameter]:
         """Parameters used only to mix frames: whole temporal blocks, and the temporal attention
-        layers of two-attention blocks. (Full / split-head attention and the shared adaLN rows are
-        not separable; in the spatial-only phase full and split attention run as spatial.)"""
+        layers of two-attention blocks; the latter's adaLN rows are `temporal_modulation_rows`.
+        (Full / split-head attention is not separable: in the spatial-only phase it runs as spatial,
+        and it cannot be frozen.)"""
         params = []
         for block in self.blocks:
             if block.kinds == ("temporal",):
@@ -210,6 +211,22 @@ class VideoDiT(nn.Module):
                 for kind, attn in zip(block.kinds, block.attns):
                     params += list(attn.parameters()) if kind == "temporal" else []
         return params
+
+    def temporal_modulation_rows(self) -> list[tuple[nn.Parameter, slice]]:
+        """(parameter, rows) of the shift / scale / gate that feed the temporal attention of
+        two-attention blocks ("vdt", "spatial_temporal"): rows of the block's shared adaLN layer
+        (weight and bias) that serve only the temporal path."""
+        out = []
+        for block in self.blocks:
+            if len(block.kinds) > 1 and block.adaLN_modulation is not None:
+                for a, kind in enumerate(block.kinds):
+                    if kind == "temporal":
+                        rows = slice(3 * a * self.hidden_size, 3 * (a + 1) * self.hidden_size)
+                        out += [
+                            (block.adaLN_modulation[1].weight, rows),
+                            (block.adaLN_modulation[1].bias, rows),
+                        ]
+        return out
 
     # -- helpers ------------------------------------------------------------------------------
 
