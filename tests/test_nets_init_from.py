@@ -290,3 +290,18 @@ def test_latte_mode_across_sizes_and_classes_reports_what_it_skips():
     torch.testing.assert_close(ours.blocks[1].attns[0].proj.weight, ours.blocks[1].attns[1].proj.weight)
     with pytest.raises(ValueError, match="mode"):
         init_from_image_dit(ours, sd, mode="other")
+
+
+@pytest.mark.parametrize("block_type", ["factorized", "late_fusion"])
+def test_per_frame_refuses_fewer_spatial_slots_than_dit_blocks(block_type):
+    """factorized / late_fusion at DiT's depth have half as many spatial blocks: per_frame would keep
+    only part of DiT (no longer the image model per frame), so it refuses; twice the depth fits."""
+    ref = random_dit(input_size=8, hidden_size=24, depth=2, num_heads=2, num_classes=3)
+    ours = VideoDiT(hidden_size=24, depth=2, num_heads=2, block_type=block_type, num_classes=3)
+    before = {n: p.clone() for n, p in ours.named_parameters()}
+    with pytest.raises(ValueError, match="one spatial slot per DiT block"):
+        init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    assert all(torch.equal(p, before[n]) for n, p in ours.named_parameters())  # nothing half-copied
+    ours = VideoDiT(hidden_size=24, depth=4, num_heads=2, block_type=block_type, num_classes=3)
+    rep = init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    assert not rep.skipped.keys() - {"pos_embed"}

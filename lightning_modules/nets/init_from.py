@@ -15,7 +15,8 @@ Two mappings:
   block with two attentions gets block i's attention in both, with its modulation rows copied. A
   same-depth preset takes every DiT key.
 - ``per_frame``: DiT's blocks fill the spatial path in order (the spatial blocks, or the spatial
-  attention of two-attention blocks), and every temporal layer starts as the identity (its output
+  attention of two-attention blocks; refused unless there is one spatial slot per DiT block: twice
+  DiT's depth for factorized / late_fusion, its depth for vdt / spatial_temporal), and every temporal layer starts as the identity (its output
   projection and adaLN rows zeroed: gate 0), so the video model is exactly the image model applied to
   each frame (exactly so with `pos_embed="sincos_framewise"`, whose temporal part enters only at
   frame-mixing attention).
@@ -115,6 +116,14 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
 
     depth_src = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
     slots = _spatial_slots(dit)
+    if mode == "per_frame" and len(slots) < depth_src:
+        raise ValueError(
+            f"mode='per_frame' needs one spatial slot per DiT block: the checkpoint has {depth_src} blocks, "
+            f"this {dit.block_type!r} model {len(slots)} spatial attentions, so part of DiT would be "
+            f"dropped and the start would not be the image model per frame. Set the video depth to give "
+            f"{depth_src} spatial slots: depth={2 * depth_src} for factorized / late_fusion (depth counts "
+            f"spatial and temporal blocks), depth={depth_src} for vdt / spatial_temporal"
+        )
     for key, value in state_dict.items():
         parts = key.split(".")
         if key == "pos_embed":
@@ -206,10 +215,7 @@ def _block_key(dit, key, value, i, rest, mode, slots, depth_src, put, rep):
             return
         targets = [(i, a) for a in range(len(dit.blocks[i].kinds))]
     else:
-        if i >= len(slots):
-            rep.skipped[key] = f"DiT has {depth_src} blocks, this model {len(slots)} spatial attentions"
-            return
-        targets = [slots[i]]
+        targets = [slots[i]]  # (enough slots: checked by the caller)
     b = targets[0][0]
     blk = dit.blocks[b]
     if rest[0] == "attn":
