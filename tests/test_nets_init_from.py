@@ -305,3 +305,38 @@ def test_per_frame_refuses_fewer_spatial_slots_than_dit_blocks(block_type):
     ours = VideoDiT(hidden_size=24, depth=4, num_heads=2, block_type=block_type, num_classes=3)
     rep = init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
     assert not rep.skipped.keys() - {"pos_embed"}
+
+
+@pytest.mark.parametrize("frame_cond", ["concat", "cross_attn", "adaln"])
+def test_per_frame_start_is_dit_per_frame_with_captions_and_given_frames(frame_cond):
+    """Layers DiT lacks start as the identity in per_frame: caption cross-attention, the pooled-text
+    and given-frame (adaLN scheme) embedders, given-frame cross-attention. With captions, a pooled
+    caption and frame 0 given, every generated frame of a static clip is DiT's output on it."""
+    ref = random_dit(input_size=16, hidden_size=48, depth=2, num_heads=4, num_classes=10)
+    ours = VideoDiT(pos_embed="sincos_framewise", learn_sigma=True, in_channels=4, hidden_size=48, depth=2,
+                    num_heads=4, patch_size=(1, 2, 2), block_type="vdt", num_classes=10, text_dim=16,
+                    pooled_text_dim=8, frame_cond=frame_cond)  # fmt: skip
+    init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    ours.eval()
+    g = torch.Generator().manual_seed(3)
+    img = torch.randn(2, 4, 16, 16, generator=g)
+    t, y = torch.tensor([10, 600]), torch.tensor([5, 10])
+    mask = torch.zeros(2, 1, 3, 16, 16, dtype=torch.bool)
+    mask[:, :, 0] = True  # frame 0 given
+    text, pooled = torch.randn(2, 5, 16, generator=g), torch.randn(2, 8, generator=g)
+    text_mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        want = ref(img, t, y)
+        got = ours(img[:, :, None].expand(-1, -1, 3, -1, -1), t, y=y, mask=mask, text=text,
+                   text_mask=text_mask, pooled_text=pooled)  # fmt: skip
+    for f in (1, 2):
+        torch.testing.assert_close(got[:, :, f], want, atol=1e-4, rtol=0)
+
+
+def test_per_frame_refuses_in_context_conditioning():
+    """in_context blocks have no adaLN gate: a temporal block's MLP would act from the start."""
+    ref = random_dit(input_size=8, hidden_size=24, depth=1, num_heads=2, num_classes=3)
+    ours = VideoDiT(hidden_size=24, depth=2, num_heads=2, num_classes=3, cond_injection="in_context")
+    with pytest.raises(ValueError, match="in_context"):
+        init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    init_from_image_dit(ours, ref.state_dict(), mode="latte")  # latte makes no identity claim

@@ -19,7 +19,10 @@ Two mappings:
   DiT's depth for factorized / late_fusion, its depth for vdt / spatial_temporal), and every temporal layer starts as the identity (its output
   projection and adaLN rows zeroed: gate 0), so the video model is exactly the image model applied to
   each frame (exactly so with `pos_embed="sincos_framewise"`, whose temporal part enters only at
-  frame-mixing attention).
+  frame-mixing attention). Layers DiT has no counterpart for start as the identity as well: caption
+  and given-frame cross-attention (output projection zeroed) and the pooled-text / pooled-given-frame
+  embedders (last layer zeroed), so captions and given frames change nothing at the start.
+  Refused for `cond_injection="in_context"` (no adaLN gates to close the temporal layers).
 
 In both, the mask embedding's "generated" row is zeroed, so a clip with nothing given adds nothing.
 """
@@ -97,6 +100,12 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
         raise ValueError(
             f"mode='per_frame' needs separate spatial attention; block_type={dit.block_type!r} mixes "
             "frames in every attention: use mode='latte'"
+        )
+    if mode == "per_frame" and dit.cond_injection == "in_context":
+        raise ValueError(
+            "mode='per_frame' starts the temporal layers at gate 0, but cond_injection='in_context' "
+            "blocks have no adaLN gate (a temporal block's MLP would act from the start): use "
+            "cond_injection='adaln' or mode='latte'"
         )
     rep = InitReport()
     params = dict(dit.named_parameters())
@@ -199,6 +208,19 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
                     for name in ("weight", "bias"):
                         blk.adaLN_modulation[1].get_parameter(name)[rows] = 0
                         rep.identity.append(f"blocks.{b}.adaLN_modulation.1.{name}[{a}]")
+        # layers DiT lacks start as the identity too: caption and given-frame cross-attention add
+        # nothing (output projection 0), nor do the pooled-text / pooled-given-frame vectors to c
+        for b, blk in enumerate(dit.blocks):
+            for attr in ("cross", "frame_cross"):
+                if getattr(blk, attr) is not None:
+                    for name in ("weight", "bias"):
+                        getattr(blk, attr).proj.get_parameter(name).zero_()
+                        rep.identity.append(f"blocks.{b}.{attr}.proj.{name}")
+        for attr in ("pooled_embedder", "frame_embedder"):
+            if getattr(dit, attr) is not None:
+                for name in ("weight", "bias"):
+                    getattr(dit, attr).fc2.get_parameter(name).zero_()
+                    rep.identity.append(f"{attr}.fc2.{name}")
     dit.mask_embedder.weight[0] = 0
     rep.identity.append("mask_embedder.weight[0] (the 'generated' tag adds nothing)")
     rep.untouched = [n for n in params if n not in done]
