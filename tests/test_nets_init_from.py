@@ -340,3 +340,23 @@ def test_per_frame_refuses_in_context_conditioning():
     with pytest.raises(ValueError, match="in_context"):
         init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
     init_from_image_dit(ours, ref.state_dict(), mode="latte")  # latte makes no identity claim
+
+
+def test_loads_dits_own_training_checkpoint(tmp_path):
+    """DiT's train.py saves {"model", "ema", "opt", "args": argparse.Namespace}: it loads (under a
+    weights-only unpickler that allows only the Namespace), and the EMA weights are the ones taken."""
+    import argparse
+
+    model = random_dit(input_size=8, hidden_size=24, depth=1, num_heads=2, num_classes=3)
+    ema = {k: v + 1 for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    args = argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=3, global_seed=0)
+    torch.save(
+        {"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "args": args},
+        tmp_path / "0001000.pt",
+    )
+    sd = load_image_dit_checkpoint(tmp_path / "0001000.pt")
+    assert sd.keys() == ema.keys() and all(torch.equal(sd[k], ema[k]) for k in ema)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "args": args}, tmp_path / "no_ema.pt")
+    sd = load_image_dit_checkpoint(tmp_path / "no_ema.pt")
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())

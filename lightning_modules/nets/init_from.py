@@ -29,6 +29,7 @@ In both, the mask embedding's "generated" row is zeroed, so a clip with nothing 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,10 @@ class InitReport:
 
 def load_image_dit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A DiT state dict from a file: plain (DiT's release), or Latte's / DiT's training checkpoints
-    (`ema` preferred, then `model`, then `state_dict`); a DDP `module.` prefix is dropped."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    (`ema` preferred, then `model`, then `state_dict`); a DDP `module.` prefix is dropped. Loaded
+    weights-only, with `argparse.Namespace` allowed: DiT's train.py stores its `args` as one."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("ema", "model", "state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
