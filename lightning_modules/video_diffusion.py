@@ -113,12 +113,16 @@ class VideoDiffusion(L.LightningModule):
         rng_seed: base seed of training randomness; None = `torch.initial_seed()` (set by `seed_everything`).
         init_from, init_from_mode: start a fresh `fit` from an image DiT checkpoint (DiT's state dict or
             Latte's `{"ema": ...}`), mapped by `nets.init_from_image_dit` ("latte" or "per_frame");
-            the report is logged. Ignored when resuming from a checkpoint.
+            the report is logged. Applied once: ignored when resuming (`--ckpt_path`), after
+            `load_from_checkpoint` (fine-tuning keeps the trained weights) and on a second `fit`.
         spatial_phase_steps, spatial_phase: VDT's schedule: for the first N training steps the
             temporal layers are skipped ("skip": temporal blocks and attentions do not run; full and
             split-head attention run within frames) or frozen ("freeze": they run, their gradients
-            are dropped), then joint training. "skip" leaves parameters unused: DDP needs
-            `find_unused_parameters=True` (strategy `ddp_find_unused_parameters_true`).
+            are dropped), then joint training. In both, the temporal attention's rows of a
+            two-attention block's shared adaLN layer ("vdt", "spatial_temporal") are held too:
+            gradients zeroed, values restored after each step (no weight decay). "freeze" needs a
+            separate temporal path: refused for "full" / "split_heads". "skip" leaves parameters
+            unused: DDP needs `find_unused_parameters=True` (strategy `ddp_find_unused_parameters_true`).
     """
 
     def __init__(
@@ -176,6 +180,16 @@ class VideoDiffusion(L.LightningModule):
             learn_sigma=bool(objective_kwargs.get("learn_sigma", False)),
         )
         self.dit = VideoDiT(**dit_kwargs)
+        if (
+            spatial_phase == "freeze"
+            and spatial_phase_steps > 0
+            and self.dit.block_type in ("full", "split_heads")
+        ):
+            raise ValueError(
+                f"spatial_phase='freeze' needs separate temporal layers, but block_type={self.dit.block_type!r} "
+                "mixes frames inside shared attention weights: use spatial_phase='skip' (it runs that "
+                "attention within frames) or a factorized / late_fusion / vdt / spatial_temporal model"
+            )
         self.patch_size = tuple(self.dit.patch_size)
         self.masks = MaskGenerator(probs=dict(mask_probs)) if mask_probs else None
         # what the objective calls: the DiT itself, or its compiled wrapper when compile=True. Kept
@@ -184,19 +198,26 @@ class VideoDiffusion(L.LightningModule):
         # confusing for sharded (FSDP) state dicts.
         object.__setattr__(self, "_net", self.dit)
         self.sample_shape: tuple[int, int, int] | None = None  # (T, H, W) pixels of the last training clips
+        self._init_from_done = False  # True once init_from was applied or weights were restored
+        self._held_rows: list = []  # (parameter, rows, values) restored after this optimizer step
 
     # ------------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
         self.check_data_matches()
+        # `init_from` starts a fresh model only: never once weights were restored (a resumed fit, or
+        # `load_from_checkpoint` then `fit` to fine-tune: the checkpoint's hparams keep `init_from`)
+        # nor a second time on the same instance
         if (
             stage == "fit"
             and self.hparams.init_from
+            and not self._init_from_done
             and self._trainer is not None
             and self._trainer.ckpt_path is None
         ):
             state = load_image_dit_checkpoint(self.hparams.init_from)
             report = init_from_image_dit(self.dit, state, mode=self.hparams.init_from_mode)
             rank_zero_info(f"{self.hparams.init_from}: {report}")
+            self._init_from_done = True
         if self.hparams.compile and stage == "fit" and self._net is self.dit:
             object.__setattr__(self, "_net", torch.compile(self.dit))
 
@@ -258,6 +279,7 @@ class VideoDiffusion(L.LightningModule):
         checkpoint["videodit"] = {"sample_shape": list(self.sample_shape) if self.sample_shape else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._init_from_done = True  # (load_from_checkpoint and resume both call this)
         shape = checkpoint.get("videodit", {}).get("sample_shape")
         self.sample_shape = tuple(shape) if shape else None
 
@@ -366,9 +388,33 @@ class VideoDiffusion(L.LightningModule):
         self.dit.temporal_enabled = not (self.hparams.spatial_phase == "skip" and self.in_spatial_phase())
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.hparams.spatial_phase == "freeze" and self.in_spatial_phase():
+        if not self.in_spatial_phase():
+            return
+        if self.hparams.spatial_phase == "freeze":
             for p in self.dit.temporal_parameters():
                 p.grad = None  # AdamW leaves a parameter without a gradient untouched
+        # the temporal attention's rows of a shared adaLN layer: no gradient (clean Adam moments for
+        # the joint phase) and their values put back after the step (weight decay would shrink them)
+        rows = self.dit.temporal_modulation_rows()
+        if rows and getattr(self.dit, "_videodit_sharded", False):
+            raise NotImplementedError(
+                "the spatial-only phase of vdt / spatial_temporal blocks holds rows of sharded (FSDP2) "
+                "adaLN weights: train that phase with DDP, or use factorized / late_fusion blocks"
+            )
+        with torch.no_grad():
+            for p, r in rows:
+                if p.grad is not None:
+                    p.grad[r] = 0
+                self._held_rows.append((p, r, p[r].clone()))
+
+    def optimizer_step(self, *args, **kwargs):
+        try:
+            return super().optimizer_step(*args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for p, r, value in self._held_rows:
+                    p[r] = value
+            self._held_rows.clear()
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, batch_idx, "val")

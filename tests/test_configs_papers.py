@@ -173,3 +173,11 @@ def test_each_switch_is_one_flag_on_a_paper_config(flags, tmp_path):
         obj = cli.model.dit if section == "dit" else cli.model.hparams
         got = getattr(obj, name) if section == "dit" else obj[name]
         assert str(got).lower() == value.lower(), flag
+
+
+@pytest.mark.parametrize("name", ["vdt_S", "vdt_L"])
+def test_vdt_configs_say_what_the_skip_phase_needs_on_several_gpus(name):
+    """The spatial-only phase (skip) leaves temporal parameters unused: DDP needs the strategy that
+    tolerates it, and the config a user starts from says so."""
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    assert "spatial_phase_steps" in text and "--trainer.strategy=ddp_find_unused_parameters_true" in text

@@ -233,6 +233,23 @@ def test_frame_conditioning_reaches_through_its_scheme_only(frame_cond):
         assert still.amax() == 0
 
 
+@pytest.mark.parametrize("frame_cond", ["concat", "cross_attn", "adaln"])
+def test_causal_masks_given_frames_only_in_the_sequence(frame_cond):
+    """What the `causal` docs say: a given *future* frame (4) reaches generated frame 1 through the
+    cross-attention and adaLN schemes (they are not masked by time), never through token concatenation
+    (the given tokens obey the causal mask)."""
+    model = randomize(tiny(block_type="vdt", causal=True, frame_cond=frame_cond))
+    mask = torch.zeros(1, 1, T, H, W, dtype=torch.bool)
+    mask[:, :, 4] = True
+    x = torch.randn(1, 3, T, H, W, generator=torch.Generator().manual_seed(1))
+    x2 = x.clone()
+    x2[:, :, 4] += 3.0
+    t = torch.tensor([7.0])
+    with torch.no_grad():
+        moved = (model(x, t, mask=mask) - model(x2, t, mask=mask))[:, :, :4].abs().amax()
+    assert bool(moved > 1e-4) is (frame_cond != "concat"), moved
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa_dense", "flex", "flash"])
 @pytest.mark.parametrize("block_type", ["vdt", "split_heads", "full"])

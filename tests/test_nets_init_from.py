@@ -290,3 +290,73 @@ def test_latte_mode_across_sizes_and_classes_reports_what_it_skips():
     torch.testing.assert_close(ours.blocks[1].attns[0].proj.weight, ours.blocks[1].attns[1].proj.weight)
     with pytest.raises(ValueError, match="mode"):
         init_from_image_dit(ours, sd, mode="other")
+
+
+@pytest.mark.parametrize("block_type", ["factorized", "late_fusion"])
+def test_per_frame_refuses_fewer_spatial_slots_than_dit_blocks(block_type):
+    """factorized / late_fusion at DiT's depth have half as many spatial blocks: per_frame would keep
+    only part of DiT (no longer the image model per frame), so it refuses; twice the depth fits."""
+    ref = random_dit(input_size=8, hidden_size=24, depth=2, num_heads=2, num_classes=3)
+    ours = VideoDiT(hidden_size=24, depth=2, num_heads=2, block_type=block_type, num_classes=3)
+    before = {n: p.clone() for n, p in ours.named_parameters()}
+    with pytest.raises(ValueError, match="one spatial slot per DiT block"):
+        init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    assert all(torch.equal(p, before[n]) for n, p in ours.named_parameters())  # nothing half-copied
+    ours = VideoDiT(hidden_size=24, depth=4, num_heads=2, block_type=block_type, num_classes=3)
+    rep = init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    assert not rep.skipped.keys() - {"pos_embed"}
+
+
+@pytest.mark.parametrize("frame_cond", ["concat", "cross_attn", "adaln"])
+def test_per_frame_start_is_dit_per_frame_with_captions_and_given_frames(frame_cond):
+    """Layers DiT lacks start as the identity in per_frame: caption cross-attention, the pooled-text
+    and given-frame (adaLN scheme) embedders, given-frame cross-attention. With captions, a pooled
+    caption and frame 0 given, every generated frame of a static clip is DiT's output on it."""
+    ref = random_dit(input_size=16, hidden_size=48, depth=2, num_heads=4, num_classes=10)
+    ours = VideoDiT(pos_embed="sincos_framewise", learn_sigma=True, in_channels=4, hidden_size=48, depth=2,
+                    num_heads=4, patch_size=(1, 2, 2), block_type="vdt", num_classes=10, text_dim=16,
+                    pooled_text_dim=8, frame_cond=frame_cond)  # fmt: skip
+    init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    ours.eval()
+    g = torch.Generator().manual_seed(3)
+    img = torch.randn(2, 4, 16, 16, generator=g)
+    t, y = torch.tensor([10, 600]), torch.tensor([5, 10])
+    mask = torch.zeros(2, 1, 3, 16, 16, dtype=torch.bool)
+    mask[:, :, 0] = True  # frame 0 given
+    text, pooled = torch.randn(2, 5, 16, generator=g), torch.randn(2, 8, generator=g)
+    text_mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        want = ref(img, t, y)
+        got = ours(img[:, :, None].expand(-1, -1, 3, -1, -1), t, y=y, mask=mask, text=text,
+                   text_mask=text_mask, pooled_text=pooled)  # fmt: skip
+    for f in (1, 2):
+        torch.testing.assert_close(got[:, :, f], want, atol=1e-4, rtol=0)
+
+
+def test_per_frame_refuses_in_context_conditioning():
+    """in_context blocks have no adaLN gate: a temporal block's MLP would act from the start."""
+    ref = random_dit(input_size=8, hidden_size=24, depth=1, num_heads=2, num_classes=3)
+    ours = VideoDiT(hidden_size=24, depth=2, num_heads=2, num_classes=3, cond_injection="in_context")
+    with pytest.raises(ValueError, match="in_context"):
+        init_from_image_dit(ours, ref.state_dict(), mode="per_frame")
+    init_from_image_dit(ours, ref.state_dict(), mode="latte")  # latte makes no identity claim
+
+
+def test_loads_dits_own_training_checkpoint(tmp_path):
+    """DiT's train.py saves {"model", "ema", "opt", "args": argparse.Namespace}: it loads (under a
+    weights-only unpickler that allows only the Namespace), and the EMA weights are the ones taken."""
+    import argparse
+
+    model = random_dit(input_size=8, hidden_size=24, depth=1, num_heads=2, num_classes=3)
+    ema = {k: v + 1 for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    args = argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=3, global_seed=0)
+    torch.save(
+        {"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "args": args},
+        tmp_path / "0001000.pt",
+    )
+    sd = load_image_dit_checkpoint(tmp_path / "0001000.pt")
+    assert sd.keys() == ema.keys() and all(torch.equal(sd[k], ema[k]) for k in ema)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "args": args}, tmp_path / "no_ema.pt")
+    sd = load_image_dit_checkpoint(tmp_path / "no_ema.pt")
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())

@@ -7,7 +7,12 @@ The research switches (each one constructor argument, hence one `--model.dit.X` 
   / ``vdt`` (3: one block with spatial then temporal attention, or VDT's temporal then spatial),
   ``split_heads`` (4: half the heads attend within the frame, half along time, in one layer),
   ``full`` (joint space-time attention).
-- `causal`: frame-causal temporal / full attention (a frame sees itself and the past only).
+- `causal`: frame-causal temporal / full attention (a frame sees itself and the past only). Two
+  limits: causality is per *token* frame, so with tubelets (pt > 1) the pt frames of one tubelet (and
+  the codec's temporally compressed frames) see each other; and only self-attention is masked: with
+  `frame_cond="cross_attn"` or `"adaln"` every frame sees all given frames, future ones included
+  (cross-attention to them / their pooled mean in the adaLN vector). With `frame_cond="concat"` the
+  given tokens sit in the sequence and obey the causal mask.
 - `cond_injection`: timestep / class / pooled text enter by adaLN-Zero (default) or as in-context
   tokens (DiT's comparison; Latte found adaLN better). Latte's "S-AdaLN" is adaLN whose scale and
   shift are computed from the timestep (+ class) embedding and applied to every token, spatial and
@@ -63,7 +68,8 @@ class VideoDiT(nn.Module):
             sin-cos plus a temporal sin-cos, both added to the tokens, as Latte / VDT) or
             "sincos_framewise" (DiT's 2D sin-cos added to the tokens, the temporal one only to the
             input of frame-mixing attention: each frame's path is an image DiT's, see init_from).
-        causal: frame-causal temporal and full attention.
+        causal: frame-causal temporal and full attention (per latent / tubelet frame; given frames
+            under frame_cond "cross_attn" / "adaln" are seen by every frame: see the module docstring).
         cond_injection: "adaln" (adaLN-Zero) or "in_context" (conditioning tokens, no modulation).
         frame_cond: "concat", "cross_attn" or "adaln": how given frames condition the rest.
         num_classes: > 0 adds a class embedding with one extra null class (y == num_classes, or y < 0).
@@ -200,8 +206,9 @@ class VideoDiT(nn.Module):
 
     def temporal_parameters(self) -> list[nn.Parameter]:
         """Parameters used only to mix frames: whole temporal blocks, and the temporal attention
-        layers of two-attention blocks. (Full / split-head attention and the shared adaLN rows are
-        not separable; in the spatial-only phase full and split attention run as spatial.)"""
+        layers of two-attention blocks; the latter's adaLN rows are `temporal_modulation_rows`.
+        (Full / split-head attention is not separable: in the spatial-only phase it runs as spatial,
+        and it cannot be frozen.)"""
         params = []
         for block in self.blocks:
             if block.kinds == ("temporal",):
@@ -210,6 +217,22 @@ class VideoDiT(nn.Module):
                 for kind, attn in zip(block.kinds, block.attns):
                     params += list(attn.parameters()) if kind == "temporal" else []
         return params
+
+    def temporal_modulation_rows(self) -> list[tuple[nn.Parameter, slice]]:
+        """(parameter, rows) of the shift / scale / gate that feed the temporal attention of
+        two-attention blocks ("vdt", "spatial_temporal"): rows of the block's shared adaLN layer
+        (weight and bias) that serve only the temporal path."""
+        out = []
+        for block in self.blocks:
+            if len(block.kinds) > 1 and block.adaLN_modulation is not None:
+                for a, kind in enumerate(block.kinds):
+                    if kind == "temporal":
+                        rows = slice(3 * a * self.hidden_size, 3 * (a + 1) * self.hidden_size)
+                        out += [
+                            (block.adaLN_modulation[1].weight, rows),
+                            (block.adaLN_modulation[1].bias, rows),
+                        ]
+        return out
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -15,16 +15,21 @@ Two mappings:
   block with two attentions gets block i's attention in both, with its modulation rows copied. A
   same-depth preset takes every DiT key.
 - ``per_frame``: DiT's blocks fill the spatial path in order (the spatial blocks, or the spatial
-  attention of two-attention blocks), and every temporal layer starts as the identity (its output
+  attention of two-attention blocks; refused unless there is one spatial slot per DiT block: twice
+  DiT's depth for factorized / late_fusion, its depth for vdt / spatial_temporal), and every temporal layer starts as the identity (its output
   projection and adaLN rows zeroed: gate 0), so the video model is exactly the image model applied to
   each frame (exactly so with `pos_embed="sincos_framewise"`, whose temporal part enters only at
-  frame-mixing attention).
+  frame-mixing attention). Layers DiT has no counterpart for start as the identity as well: caption
+  and given-frame cross-attention (output projection zeroed) and the pooled-text / pooled-given-frame
+  embedders (last layer zeroed), so captions and given frames change nothing at the start.
+  Refused for `cond_injection="in_context"` (no adaLN gates to close the temporal layers).
 
 In both, the mask embedding's "generated" row is zeroed, so a clip with nothing given adds nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +69,10 @@ class InitReport:
 
 def load_image_dit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A DiT state dict from a file: plain (DiT's release), or Latte's / DiT's training checkpoints
-    (`ema` preferred, then `model`, then `state_dict`); a DDP `module.` prefix is dropped."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    (`ema` preferred, then `model`, then `state_dict`); a DDP `module.` prefix is dropped. Loaded
+    weights-only, with `argparse.Namespace` allowed: DiT's train.py stores its `args` as one."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("ema", "model", "state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
@@ -97,6 +104,12 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
             f"mode='per_frame' needs separate spatial attention; block_type={dit.block_type!r} mixes "
             "frames in every attention: use mode='latte'"
         )
+    if mode == "per_frame" and dit.cond_injection == "in_context":
+        raise ValueError(
+            "mode='per_frame' starts the temporal layers at gate 0, but cond_injection='in_context' "
+            "blocks have no adaLN gate (a temporal block's MLP would act from the start): use "
+            "cond_injection='adaln' or mode='latte'"
+        )
     rep = InitReport()
     params = dict(dit.named_parameters())
     done: set[str] = set()
@@ -115,6 +128,14 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
 
     depth_src = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
     slots = _spatial_slots(dit)
+    if mode == "per_frame" and len(slots) < depth_src:
+        raise ValueError(
+            f"mode='per_frame' needs one spatial slot per DiT block: the checkpoint has {depth_src} blocks, "
+            f"this {dit.block_type!r} model {len(slots)} spatial attentions, so part of DiT would be "
+            f"dropped and the start would not be the image model per frame. Set the video depth to give "
+            f"{depth_src} spatial slots: depth={2 * depth_src} for factorized / late_fusion (depth counts "
+            f"spatial and temporal blocks), depth={depth_src} for vdt / spatial_temporal"
+        )
     for key, value in state_dict.items():
         parts = key.split(".")
         if key == "pos_embed":
@@ -190,6 +211,19 @@ def init_from_image_dit(dit, state_dict: dict[str, torch.Tensor], mode: str = "l
                     for name in ("weight", "bias"):
                         blk.adaLN_modulation[1].get_parameter(name)[rows] = 0
                         rep.identity.append(f"blocks.{b}.adaLN_modulation.1.{name}[{a}]")
+        # layers DiT lacks start as the identity too: caption and given-frame cross-attention add
+        # nothing (output projection 0), nor do the pooled-text / pooled-given-frame vectors to c
+        for b, blk in enumerate(dit.blocks):
+            for attr in ("cross", "frame_cross"):
+                if getattr(blk, attr) is not None:
+                    for name in ("weight", "bias"):
+                        getattr(blk, attr).proj.get_parameter(name).zero_()
+                        rep.identity.append(f"blocks.{b}.{attr}.proj.{name}")
+        for attr in ("pooled_embedder", "frame_embedder"):
+            if getattr(dit, attr) is not None:
+                for name in ("weight", "bias"):
+                    getattr(dit, attr).fc2.get_parameter(name).zero_()
+                    rep.identity.append(f"{attr}.fc2.{name}")
     dit.mask_embedder.weight[0] = 0
     rep.identity.append("mask_embedder.weight[0] (the 'generated' tag adds nothing)")
     rep.untouched = [n for n in params if n not in done]
@@ -206,10 +240,7 @@ def _block_key(dit, key, value, i, rest, mode, slots, depth_src, put, rep):
             return
         targets = [(i, a) for a in range(len(dit.blocks[i].kinds))]
     else:
-        if i >= len(slots):
-            rep.skipped[key] = f"DiT has {depth_src} blocks, this model {len(slots)} spatial attentions"
-            return
-        targets = [slots[i]]
+        targets = [slots[i]]  # (enough slots: checked by the caller)
     b = targets[0][0]
     blk = dit.blocks[b]
     if rest[0] == "attn":
