@@ -38,12 +38,59 @@ LINEAR_K = 3  # linearity triples are (c - LINEAR_K, c, c + LINEAR_K): see curat
 MIN_RESPONSE = 0.3  # phase-correlation peaks weaker than this give no per-frame shift (NaN)
 TINY_SIDE = 16  # short side of the per-frame thumbnails kept for transition checks
 
+
+class ContentDetector(sd_detectors.ContentDetector):
+    """scenedetect's ContentDetector, its frame score computed in two OpenCV calls: the per-channel
+    mean |HSV difference| from cv2.absdiff + cv2.sumElems instead of cv2.split and three int32
+    copies per channel. Both sum the same integers exactly (in int64 / double, far below 2**53)
+    and divide by the same pixel count, so the scores and cuts are identical; ~4x cheaper per
+    frame (tests/test_curation_analysis.py compares cut lists with scenedetect.detect()). With
+    edge detection or a stats manager it runs scenedetect's own code."""
+
+    _last_hsv = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        if self._weights.delta_edges > 0.0 or self.stats_manager is not None:
+            return super()._calculate_frame_score(timecode, frame_img)
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)  # (h, w, 3) uint8
+        last, self._last_hsv = self._last_hsv, hsv
+        if last is None:
+            return 0.0
+        n = float(hsv.shape[0] * hsv.shape[1])
+        hue, sat, lum, _ = cv2.sumElems(cv2.absdiff(hsv, last))
+        components = (hue / n, sat / n, lum / n, 0.0)  # scenedetect's Components order, no edges
+        weights = self._weights
+        return sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
+
+
+class _MeanView(np.ndarray):
+    """A view of a uint8 frame whose plain mean() is exact and one OpenCV call: the channel sums
+    (cv2.sumElems, exact integers in double) over the element count, the value numpy's float64
+    pairwise sum gives for uint8 (every partial sum is an integer below 2**53)."""
+
+    def mean(self, axis=None, dtype=None, out=None, **kwargs):
+        if axis is None and dtype is None and out is None and not kwargs and self.dtype == np.uint8:
+            if self.ndim == 2 or (self.ndim == 3 and self.shape[2] <= 4):
+                return np.float64(sum(cv2.sumElems(self.view(np.ndarray))) / self.size)
+        return super().mean(axis=axis, dtype=dtype, out=out, **kwargs)
+
+
+class ThresholdDetector(sd_detectors.ThresholdDetector):
+    """scenedetect's ThresholdDetector; its per-frame numpy.mean(frame) (which defers to the
+    array's own mean() for an ndarray subclass) is computed by _MeanView: identical value."""
+
+    def process_frame(self, timecode: FrameTimecode, frame_img: np.ndarray) -> list:
+        if isinstance(frame_img, np.ndarray):
+            frame_img = frame_img.view(_MeanView)
+        return super().process_frame(timecode, frame_img)
+
+
 DETECTORS = {
-    "content": sd_detectors.ContentDetector,
+    "content": ContentDetector,
     "adaptive": sd_detectors.AdaptiveDetector,
     "hash": sd_detectors.HashDetector,
     "histogram": sd_detectors.HistogramDetector,
-    "threshold": sd_detectors.ThresholdDetector,
+    "threshold": ThresholdDetector,
 }
 
 
