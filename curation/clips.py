@@ -9,8 +9,9 @@ Timing, stated in each clip's json (`timing`):
           variable-frame-rate source gives a variable-frame-rate clip, a constant one a constant one;
   cfr     (extract.fps=F) an explicit resample to F frames per second by timestamps: output frame
           k shows the source frame on screen at k / F seconds into the clip.
-Every written file is re-opened and its frames counted: a clip that does not hold exactly the
-frames it claims is an error, never a silent sample.
+Every written file is re-opened and its frames counted (its packets, one per frame, read from the
+container, the first one decoded; a file that disagrees is decoded in full for the count): a clip
+that does not hold exactly the frames it claims is an error, never a silent sample.
 """
 
 from __future__ import annotations
@@ -167,6 +168,24 @@ def count_frames(path: str) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
+def held_frames(path: str) -> int:
+    """Frames a written clip holds, without decoding them all: its video packets (one per frame
+    in MP4) counted from the container, and the stream checked readable by decoding until its
+    first frame comes out (0 if none does). ~10x cheaper than count_frames."""
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        n, first = 0, False
+        for packet in c.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                continue
+            n += 1
+            if not first:
+                first = bool(packet.decode())
+        if not first:  # frames held back by the decoder (B-frame delay): flush
+            first = bool(stream.decode(None)) if n else False
+        return n if first else 0
+
+
 def extract(
     path: str,
     specs: list[ClipSpec],
@@ -285,7 +304,9 @@ def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):
 
 
 def _verify(spec: ClipSpec, w: _Writer, expected: int, times: np.ndarray, cfr: bool) -> ClipOut:
-    n = count_frames(spec.path)
+    n = held_frames(spec.path)
+    if n != expected:  # count by decoding, for the record (the error stands either way)
+        n = count_frames(spec.path)
     err = ""
     if n != expected or w.count != expected:
         err = f"frame count mismatch: wrote {w.count}, file holds {n}, expected {expected}"
