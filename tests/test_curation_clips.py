@@ -95,3 +95,21 @@ def test_rotation_is_applied(tmp_path):
         cfg=ExtractConfig(),
     )
     assert not r.error and (r.width, r.height) == (48, 64) and r.num_frames == 12
+
+
+def test_verification_counts_what_the_file_holds(source, tmp_path):
+    """Written clips are checked by their packet count (+ first frame decoded): it equals a full
+    decode's count, and a file holding fewer frames than the clip claims is an error."""
+    from curation.clips import _verify, count_frames, held_frames
+
+    path, v = source
+    rate = Fraction(v["fps_fraction"])
+    specs = [ClipSpec(f"k{i}", s, s + 23 + i, str(tmp_path / f"k{i}.mp4")) for i, s in enumerate((0, 31, 70))]
+    for cfg in (ExtractConfig(), ExtractConfig(codec="mpeg4"), ExtractConfig(fps=12.0)):
+        for r, spec in zip(extract(str(path), specs, source_rate=rate, rotation=0, cfg=cfg), specs):
+            assert not r.error and held_frames(spec.path) == count_frames(spec.path) == r.num_frames
+    spec = specs[0]  # a writer that claims one frame more than it encoded
+    w = type("W", (), {"count": 24, "rate": rate, "size": (v["width"], v["height"])})()
+    times = np.arange(200) / float(rate)
+    r = _verify(ClipSpec("k0", 0, 24, spec.path), w, 24, times, False)
+    assert r.error.startswith("frame count mismatch") and "file holds 23" in r.error, r.error
