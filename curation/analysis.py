@@ -214,6 +214,7 @@ class Analysis:
     shift_dy: np.ndarray = None  # (NaN for frame 0 and where phase correlation found no clear peak)
     kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
     frame_pts: list = field(default_factory=list)  # raw pts of every frame index (None if absent)
+    key_frames: list = field(default_factory=list)  # indices of the frames decoded as key frames
     corrupt_packets: int = 0
     detector_size: tuple[int, int] = (0, 0)
 
@@ -249,13 +250,15 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     diffs, luma, flow_index, flow_mag, shift_mag, kept, frame_pts = [], [], [], [], [], {}, []
     shift_dx, shift_dy, times, tiny, recent = {}, {}, [], [], []
     lin_ratio, lin_diff = {}, {}  # centre frame index -> linearity of its triple
-    cuts, pts_to_index = [], {}
+    cuts, pts_to_index, key_frames = [], {}, []
     prev_gray = None
     det_wh = small_wh = None
     last_tc = None
     scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
         frame_pts.append(d.frame.pts)
+        if d.frame.key_frame:
+            key_frames.append(d.index)
         times.append(float(d.timecode.seconds))
         if det_wh is None:
             w, h = d.frame.width, d.frame.height
@@ -342,6 +345,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         times=_frame_times(times, fps),
         kept=kept,
         frame_pts=frame_pts,
+        key_frames=key_frames,
         corrupt_packets=stats.corrupt_packets,
         detector_size=det_wh or (0, 0),
     )

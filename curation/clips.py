@@ -196,11 +196,14 @@ def extract(
     threads: int = 1,
     frame_pts: list | None = None,
     frame_times: np.ndarray | None = None,
+    key_frames: list | None = None,
 ) -> list[ClipOut]:
     """Write every clip of one source in one forward decode (seeking over long gaps between
     clips when `frame_pts`, the analysis pass's pts of every frame index, allows); verify each
     clip's frames. `frame_times`: (N + 1,) seconds of every frame's start and the last one's end
-    (Analysis.times); without them frames are taken as evenly spaced at `source_rate`."""
+    (Analysis.times); without them frames are taken as evenly spaced at `source_rate`.
+    `key_frames` (Analysis.key_frames): where a key frame lies between two clips, the decode seeks
+    to it rather than decoding through the gap, whatever its length (never more decoding)."""
     if not specs:
         return []
     if frame_times is None:
@@ -221,7 +224,8 @@ def extract(
     results: dict[str, ClipOut] = {}
     try:
         gap = max(1, round(cfg.seek_gap_seconds * float(source_rate))) if _seekable(frame_pts) else 1 << 62
-        for first, last in _segments(specs, final, gap):
+        keys = key_frames if key_frames is not None and _seekable(frame_pts) else None
+        for first, last in _segments(specs, final, gap, keys):
             for index, frame in _decode_from(path, first, frame_pts, threads):
                 if index > last:
                     break
@@ -260,11 +264,23 @@ def extract(
     return out
 
 
-def _segments(specs: list[ClipSpec], final: dict, gap: int) -> list[tuple[int, int]]:
-    """[first, last] source-frame ranges to decode: clips closer than `gap` frames share one."""
+def _segments(
+    specs: list[ClipSpec], final: dict, gap: int, keys: list | None = None
+) -> list[tuple[int, int]]:
+    """[first, last] source-frame ranges to decode, each from its own seek. With the source's key
+    frame indices `keys`, a clip starts a new range exactly when a key frame lies after the
+    current range's last frame and at or before the clip's first: decoding from it never costs
+    more than decoding through the gap (a seek without one would land before the range's end).
+    Without `keys`, clips closer than `gap` frames share a range."""
+    import bisect
+
     out: list[list[int]] = []
     for spec in sorted(specs, key=lambda s: s.start):
-        if out and spec.start - out[-1][1] <= gap:
+        if keys is not None and out:
+            near = bisect.bisect_right(keys, spec.start) == bisect.bisect_right(keys, out[-1][1])
+        else:
+            near = bool(out) and spec.start - out[-1][1] <= gap
+        if out and near:
             out[-1][1] = max(out[-1][1], final[spec.key])
         else:
             out.append([spec.start, final[spec.key]])

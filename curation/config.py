@@ -131,7 +131,9 @@ class ExtractConfig:
     fps: float = _f(0.0, "resample clips to this constant frame rate (0 = keep the source rate)")
     threads: int = _f(1, "encoder threads per clip")
     seek_gap_seconds: float = _f(
-        2.0, "seek (instead of decoding through) gaps between kept clips longer than this"
+        2.0,
+        "seek (instead of decoding through) gaps between kept clips longer than this, for records "
+        "without the source's key frames; with them, extraction seeks to any key frame inside a gap",
     )
     x264_params: str = _f(
         "mbtree=0",
