@@ -157,16 +157,24 @@ def iter_frames(path: str, *, threads: int = 1, stats: DecodeStats | None = None
         rate = Fraction(rate.numerator, rate.denominator)
         start_time = stream.start_time or 0
         index = 0
+        # the rate as a FrameTimecode: scenedetect takes its validated rate as is, rather than
+        # checking `rate` again for every frame; the time base and start offset are converted
+        # once per time base (the same values as per frame, a fifth of the Python work)
+        rate_tc = FrameTimecode(0, fps=rate)
+        frame_tb, tb, start = None, None, 0
 
         def wrap(frame: av.VideoFrame) -> Decoded:
+            nonlocal frame_tb, tb, start
             if frame.pts is None or not frame.time_base:
-                tc = FrameTimecode(index, fps=rate)
+                tc = FrameTimecode(index, fps=rate_tc)
             else:
-                tb = Fraction(frame.time_base.numerator, frame.time_base.denominator)
-                start = start_time
-                if start and stream.time_base != frame.time_base:
-                    start = int(start * Fraction(stream.time_base) / tb)
-                tc = FrameTimecode(timecode=Timecode(pts=frame.pts - start, time_base=tb), fps=rate)
+                if frame.time_base != frame_tb:
+                    frame_tb = frame.time_base
+                    tb = Fraction(frame_tb.numerator, frame_tb.denominator)
+                    start = start_time
+                    if start and stream.time_base != frame_tb:
+                        start = int(start * Fraction(stream.time_base) / tb)
+                tc = FrameTimecode(timecode=Timecode(pts=frame.pts - start, time_base=tb), fps=rate_tc)
             return Decoded(index, frame, tc)
 
         packets = container.demux(stream)
