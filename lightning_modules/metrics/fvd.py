@@ -20,7 +20,15 @@ from tqdm.auto import tqdm
 from .cache import cache_key, cache_path, load_stats, save_stats
 from .frechet import GaussianStats, stats_distance
 from .protocols import Protocol, check_clip_length, to_uint8
-from .videos import Clip, VideoSource, iter_clip_batches, open_sources, resize_center_crop, select_clips
+from .videos import (
+    Clip,
+    VideoSource,
+    iter_clip_batches,
+    min_video_frames,
+    open_sources,
+    resize_center_crop,
+    select_clips,
+)
 
 
 def dist_info() -> tuple[int, int]:
@@ -90,10 +98,20 @@ def _as_sets(feature_sets) -> tuple[dict, bool]:
 
 
 def select_real_clips(
-    spec: str | list[VideoSource], protocol: Protocol, *, split: str = "val", label_field: str = "label"
+    spec: str | list[VideoSource],
+    protocol: Protocol,
+    *,
+    split: str = "val",
+    label_field: str = "label",
+    opened: tuple[str, list[VideoSource]] | None = None,
 ) -> tuple[list[Clip], dict]:
-    """The protocol's real clips from `spec` (a path, or already opened sources), without decoding."""
-    if isinstance(spec, str):
+    """The protocol's real clips from `spec` (a path, or already opened sources), without decoding.
+
+    `opened`: the (kind, sources) of `open_sources(spec, ...)` when the caller already has them.
+    """
+    if opened is not None:
+        kind, sources = opened
+    elif isinstance(spec, str):
         kind, sources = open_sources(spec, split=split, label_field=label_field)
     else:
         kind, sources = "sources", spec
@@ -113,6 +131,13 @@ def select_real_clips(
         source=str(spec) if kind != "sources" else None, kind=kind, split=split if kind == "shards" else None
     )
     return clips, info
+
+
+def usable_real_sources(sources: list[VideoSource], protocol: Protocol) -> list[VideoSource]:
+    """Every video of the real set long enough for the protocol (what the references' dataset holds),
+    in key order: the pool `--labels real` draws the fakes' label histogram from."""
+    need = min_video_frames(protocol.num_frames, protocol.stride, protocol.min_length)
+    return sorted((s for s in sources if s.num_frames >= need), key=lambda s: s.key)
 
 
 def real_transform(protocol: Protocol, size: tuple[int, int] | None):
