@@ -366,3 +366,60 @@ def test_fewer_val_clips_than_asked_warn_and_are_named_custom():
     with pytest.warns(UserWarning, match="only 8 real clips for the 20"):
         trainer.fit(model, datamodule=Clips())
     assert cb.history[-1]["real_clips"] == 8 and "num_real=8" in cb.history[-1]["protocol"]
+
+
+SPLIT_LABELS = [0, 1, 2, 0, 1, 2, 3, 3, 3, 0]
+
+
+def _val_batches(rank: int, world: int, split: bool) -> list[dict]:
+    """10 labelled clips; `split`: rank r gets clips r, r + world, ... (DistributedSampler), batches of 2."""
+    g = torch.Generator().manual_seed(3)
+    videos = torch.rand(len(SPLIT_LABELS), 3, 10, 16, 16, generator=g) * 2 - 1
+    mine = [i for i in range(len(videos)) if not split or i % world == rank]
+    return [
+        {
+            "video": videos[mine[k : k + 2]],
+            "label": torch.tensor([SPLIT_LABELS[i] for i in mine[k : k + 2]]),
+            "caption": [f"clip {i}" for i in mine[k : k + 2]],
+        }
+        for k in range(0, len(mine), 2)
+    ]
+
+
+def _real_of_loader(rank: int, world: int, split: bool):
+    from types import SimpleNamespace
+
+    cb = FVDCallback(real="val_dataloader", height=16, width=16, every_n_steps=0, num_real=7, num_fake=4,
+                     num_frames=9, detector=tiny_detector())  # fmt: skip
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(val_dataloader=lambda: _val_batches(rank, world, split))
+    )
+    stats = cb._real(trainer)["i3d"]
+    return stats, cb._real_labels, cb._real_captions, cb._real_count
+
+
+def _loader_worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    for split in (True, False):
+        stats, labels, captions, count = _real_of_loader(rank, world, split)
+        np.savez(f"{out}_{int(split)}_{rank}.npz", mean=stats.mean, scatter=stats.scatter, count=stats.count,
+                 labels=np.array(labels), captions=np.array(captions), n=count)  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # spawning two interpreters costs ~30 s on a shared CPU
+def test_val_loader_real_set_does_not_depend_on_the_number_of_ranks(tmp_path):
+    """A val loader split by rank (or not) gives every rank the statistics, labels and count of the
+    first num_real clips of the unsplit loader: the single-process ones."""
+    single, labels, captions, count = _real_of_loader(0, 1, False)
+    assert count == 7 and labels == SPLIT_LABELS[:7] and captions == [f"clip {i}" for i in range(7)]
+    out = str(tmp_path / "real")
+    torch.multiprocessing.spawn(_loader_worker, args=(2, f"file://{tmp_path / 'rdv'}", out), nprocs=2)
+    for split in (1, 0):
+        for rank in range(2):
+            got = np.load(f"{out}_{split}_{rank}.npz")
+            assert int(got["count"]) == int(got["n"]) == 7, (split, rank)
+            assert got["labels"].tolist() == labels and got["captions"].tolist() == captions
+            # float32 detector on other batch compositions: equal to float32 precision
+            np.testing.assert_allclose(got["mean"], single.mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got["scatter"], single.scatter, rtol=1e-5, atol=1e-5)

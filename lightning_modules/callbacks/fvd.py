@@ -5,13 +5,17 @@ Every `every_n_steps` optimizer steps and once at the end of training the callba
 through the protocol's detector and logs `val/fvd` (`val/fvd_uncalibrated` with random stand-in
 detectors). Real statistics are computed once (from shards / a video folder, optionally cached to
 an .npz, or from the datamodule's val loader) and kept. Under DDP every rank generates its share
-and the float64 statistics are merged exactly; every rank logs the same value.
+and the float64 statistics are merged exactly; every rank logs the same value. A val loader split
+by rank is gathered too (features merged, labels / captions / count shared by every rank), so the
+real statistic does not depend on the number of GPUs.
 
 Cost is bounded by `num_fake`, `num_real`, `batch_size`, `steps` and `every_n_steps`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -35,10 +39,21 @@ from lightning_modules.metrics.fvd import (
 from lightning_modules.metrics.protocols import get_protocol, to_uint8
 
 
+def _gather_objects(obj) -> list:
+    """`obj` of every rank, in rank order (`[obj]` without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 class FVDCallback(Callback):
     """Args:
     real: held-out set (shards folder/.tar/glob, video folder, frame folders) or "val_dataloader"
-        (clips of the datamodule's validation loader, first `num_real` in loader order).
+        (clips of the datamodule's validation loader, first `num_real` in loader order; under DDP the
+        ranks' shares are gathered, so the statistic and the label histogram do not depend on the
+        number of GPUs: see `_real_from_loader`).
     height, width: resolution to generate at (the training resolution).
     every_n_steps: evaluate every N optimizer steps (0 = only at the end); at_train_end: also at the end.
     protocol: preset name; num_real / num_fake / num_frames / stride override it (a custom protocol).
@@ -156,25 +171,52 @@ class FVDCallback(Callback):
         return sets
 
     def _real_from_loader(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
-        """First `num_real` clips of the val loader, as uint8, the first `span` frames of each.
+        """The first `num_real` clips of the val loader, as uint8, the first `span` frames of each.
 
         The val loader decides where its clips start (their first frames here, whatever the
-        protocol's `clip_start`). Rank 0 computes them and broadcasts: whether a datamodule's val
-        loader is split by rank differs between datamodules, and every rank must compare against the
-        same real set. Labels and captions of the clips are kept for `labels="real"` /
-        `prompts="captions"`.
+        protocol's `clip_start`). Under DDP the statistic must not depend on the number of GPUs, and
+        every rank must sample from the same label histogram:
+
+        * whether the datamodule's val loader is split by rank is detected by comparing a
+          fingerprint of each rank's first batch (equal everywhere: not split);
+        * split: rank r's i-th clip is clip `i * world + r` of the unsplit loader (the interleaving
+          of `DistributedSampler`), taken when that position is below `num_real`, so the ranks
+          together take the first `num_real` clips whatever the world size; not split: rank 0 takes
+          them all;
+        * each rank's features are merged exactly into one statistic (`GaussianStats.all_gather`),
+          and the taken clips' labels / captions are gathered to every rank in loader order
+          (`all_gather_object`), so `labels="real"` / `prompts="captions"` and the clip count (the
+          "fewer than 2 clips" error included) are the same on every rank.
         """
-        rank, _ = dist_info()
+        rank, world = dist_info()
         want = self.protocol.num_real
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
         if loader is None:
             raise ValueError("FVDCallback(real='val_dataloader') needs a datamodule with a val_dataloader")
         span = self.protocol.span
-        labels, captions = [], []
+        batches = iter(loader)
+        first = next(batches, None)
+        if first is not None and "video" not in first:
+            raise ValueError("real='val_dataloader' needs bucketed batches with a 'video' tensor")
+        split = False
+        if world > 1:
+            mark = None
+            if first is not None:
+                mark = hashlib.sha256(first["video"].detach().cpu().float().numpy().tobytes()).hexdigest()
+            marks = _gather_objects(mark)
+            split = len(set(marks)) > 1
+        taken: list[
+            tuple[int, int | None, str | None]
+        ] = []  # (position in the unsplit loader, label, caption)
+
+        def position(i: int) -> int | None:
+            if split:
+                return i * world + rank
+            return i if rank == 0 else None
 
         def clips():
-            taken = 0
-            for batch in loader:
+            local = 0
+            for batch in itertools.chain([first] if first is not None else [], batches):
                 if "video" not in batch:
                     raise ValueError("real='val_dataloader' needs bucketed batches with a 'video' tensor")
                 video = batch["video"]  # (B, 3, T, H, W) in [-1, 1]
@@ -183,29 +225,39 @@ class FVDCallback(Callback):
                         f"val clips have {video.shape[2]} frames but the FVD protocol needs {span} "
                         f"({self.protocol.num_frames} frames, stride {self.protocol.stride})"
                     )
-                video = video[:, :, : span : self.protocol.stride][: want - taken]
-                b = len(video)
-                lab = batch.get("label")
-                labels.extend([int(x) for x in lab[:b]] if lab is not None else [None] * b)
-                cap = batch.get("caption")
-                captions.extend(list(cap[:b]) if cap is not None else [None] * b)
-                taken += b
-                yield to_uint8(video, self.protocol.uint8_conversion)
-                if taken >= want:
+                lab, cap = batch.get("label"), batch.get("caption")
+                keep = []
+                for j in range(len(video)):
+                    pos = position(local + j)
+                    if pos is not None and pos < want:
+                        keep.append(j)
+                        y = int(lab[j]) if lab is not None else None
+                        taken.append(
+                            (pos, None if y is None or y < 0 else y, cap[j] if cap is not None else None)
+                        )
+                local += len(video)
+                if keep:
+                    yield to_uint8(
+                        video[keep][:, :, : span : self.protocol.stride], self.protocol.uint8_conversion
+                    )
+                nxt = position(local)
+                if nxt is None or nxt >= want:
                     return
 
         sets = self._feature_sets()
-        if sets and rank == 0:
+        if sets:
             stats = accumulate(
                 sets, clips(), protocol=self.protocol, side="real", total=want, desc="real clips (val loader)"
             )
         else:
-            stats = {name: GaussianStats(fs.dim) for name, fs in sets.items()}
-            list(clips())  # every rank reads the conditions (labels, captions) of the same clips
-        self._real_labels = [None if y is None or y < 0 else y for y in labels] or None
-        self._real_captions = captions or None
-        self._real_count = len(labels)
-        return {name: st.broadcast(0) for name, st in stats.items()}
+            stats = {}
+            for _ in clips():  # conditions only (labels, captions)
+                pass
+        every = sorted(item for part in _gather_objects(taken) for item in part)
+        self._real_labels = [y for _, y, _ in every] or None
+        self._real_captions = [c for _, _, c in every] or None
+        self._real_count = len(every)
+        return {name: st.all_gather() for name, st in stats.items()}
 
     def _real(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
         if self._real_stats is None:
