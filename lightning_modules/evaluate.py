@@ -18,7 +18,6 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +37,7 @@ from lightning_modules.metrics.detectors import (
     ENV_INCEPTION,
     DetectorWeightsError,
     load_fvd_detector,
+    random_detector_dir,
 )
 from lightning_modules.metrics.fvd import (
     fake_statistics_from_folder,
@@ -242,9 +242,8 @@ def evaluate(args) -> dict:
             i3d_state_dict=args.i3d_state_dict,
             allow_random=args.allow_random_detector,
             device=args.device,
-            # one stand-in file per machine: its sha256 (TorchScript files differ byte-wise between
-            # processes) then stays the same from run to run, so --real-cache works for smoke runs too
-            random_dir=str(Path(tempfile.gettempdir()) / "videodit_random_detectors"),
+            # one stand-in file per machine: --real-cache then works for smoke runs too
+            random_dir=random_detector_dir(),
         )
         feature_sets["i3d"] = detector
     if "fid" in metrics or "is" in metrics:

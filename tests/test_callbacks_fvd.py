@@ -423,3 +423,20 @@ def test_val_loader_real_set_does_not_depend_on_the_number_of_ranks(tmp_path):
             # float32 detector on other batch compositions: equal to float32 precision
             np.testing.assert_allclose(got["mean"], single.mean, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(got["scatter"], single.scatter, rtol=1e-5, atol=1e-5)
+
+
+def test_random_stand_in_detector_is_the_same_file_after_a_restart(tmp_path, monkeypatch):
+    """allow_random_detector + real_cache: a restarted run must find the same stand-in (same sha256,
+    the cache key), not write a fresh TorchScript file whose bytes differ."""
+    import tempfile
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the machine's temp folder, for this test
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    loaded = []
+    for _ in range(2):  # two runs (a restart): fresh callbacks, nothing shared but the disk
+        cb = FVDCallback(real="val_dataloader", height=16, width=16, allow_random_detector=True)
+        cb._load(SimpleNamespace(device=torch.device("cpu")))
+        loaded.append((cb.detector.path, cb.detector.sha256, cb.detector.path.stat().st_mtime_ns))
+    assert loaded[0] == loaded[1]
+    assert Path(loaded[0][0]).is_relative_to(tmp_path)

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_modules.metrics.conditioning import conditioned_generate, model_conditioning
 from lightning_modules.metrics.conditioning import resolve as resolve_conditioning
-from lightning_modules.metrics.detectors import FVDDetector, load_fvd_detector
+from lightning_modules.metrics.detectors import FVDDetector, load_fvd_detector, random_detector_dir
 from lightning_modules.metrics.frechet import GaussianStats
 from lightning_modules.metrics.fvd import (
     accumulate,
@@ -150,6 +150,8 @@ class FVDCallback(Callback):
                 i3d_state_dict=self.weights["i3d_state_dict"],
                 allow_random=self.allow_random,
                 device=pl_module.device,
+                # the stand-in evaluate uses: the same file (sha256) after a restart, so real_cache is reused
+                random_dir=random_detector_dir(),
             )
         if ("fid" in self.metrics or "is" in self.metrics) and self._frame_metrics is None:
             from lightning_modules.metrics.fid_is import FrameInception
