@@ -337,12 +337,26 @@ def select_clips(
     return clips, info
 
 
+def cover_size(h: int, w: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) an (h, w) frame is resized to before the centre crop to `size`.
+
+    TATS's floating-point expression (tats/data.py `preprocess`): scale = res / min(h, w), then
+    ceil(side * scale) for the other side, so float error can add a pixel (187x187 -> 96: 97x96,
+    273x546 -> 96: 96x193). On a tie (h == w for a square target) TATS keeps the width exact and
+    ceils the height; so do we.
+    """
+    th, tw = size
+    if th / h > tw / w:  # height sets the scale
+        return th, max(tw, math.ceil(w * (th / h)))
+    return max(th, math.ceil(h * (tw / w))), tw
+
+
 def resize_center_crop(frames: np.ndarray, size: tuple[int, int], *, conversion: str = "round") -> np.ndarray:
     """uint8 (T, H, W, 3) -> uint8 (T, h, w, 3): scale so the frame covers (h, w), then centre crop.
 
     The float arithmetic of VideoGPT/TATS `preprocess` (tats/data.py): x / 255, bilinear
-    (align_corners=False, no antialias) to the covering size — the side that sets the scale gets
-    exactly its target, the other ceil(side * scale) — crop starting at (extra // 2), minus 0.5;
+    (align_corners=False, no antialias) to the covering size (`cover_size`: the side that sets the
+    scale gets exactly its target, the other ceil(side * scale) in floating point) — crop starting at (extra // 2), minus 0.5;
     back to uint8 as ((x + 0.5) * 255) truncated (`.byte()`, "truncate") or rounded ("round").
     For a square target this is TATS's "shorter side to resolution, centre crop".
     """
@@ -353,10 +367,7 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int], *, conversion:
     if (h, w) == (th, tw) and conversion == "round":
         return frames
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
-    if th / h >= tw / w:  # height sets the scale
-        target = (th, max(tw, math.ceil(w * th / h)))
-    else:
-        target = (max(th, math.ceil(h * tw / w)), tw)
+    target = cover_size(h, w, size)
     x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
     top, left = (target[0] - th) // 2, (target[1] - tw) // 2
     x = x[:, :, top : top + th, left : left + tw] - 0.5
