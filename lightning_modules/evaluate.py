@@ -206,7 +206,7 @@ def _sampling_info(model, args, height, width) -> dict:
 
 
 def _peek_size(spec: str) -> tuple[int, int]:
-    _, sources = open_sources(spec)
+    _, sources = open_sources(spec, split=None)  # the fakes: every tar of a shard folder
     if not sources:
         raise FileNotFoundError(f"no fake videos in {spec!r}")
     frame = sources[0].load([0])

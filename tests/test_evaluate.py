@@ -38,13 +38,18 @@ def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
 
 
 def write_heldout_shards(
-    folder: Path, lengths: list[int], size: int = 32, labels: list[int] | None = None, split: str = "val"
+    folder: Path,
+    lengths: list[int],
+    size: int = 32,
+    labels: list[int] | None = None,
+    split: str = "val",
+    first: int = 0,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(
         str(folder / schema.SHARD_PATTERN.format(split=split)), maxcount=2, verbose=0
     ) as sink:
-        for i, n in enumerate(lengths):
+        for i, n in enumerate(lengths, start=first):
             key = schema.check_key(f"src{i:03d}_s0000_c00")
             meta = {
                 "key": key,
@@ -63,7 +68,7 @@ def write_heldout_shards(
                 "pipeline_version": schema.PIPELINE_VERSION,
             }
             if labels is not None:
-                meta["label"] = labels[i]
+                meta["label"] = labels[i - first]
             assert not schema.missing_meta(meta)
             sink.write(
                 {
@@ -647,3 +652,14 @@ def test_labels_real_draws_the_whole_split_histogram_not_the_selected_clips(tmp_
         evaluate.evaluate(parser.parse_args([*base, "--labels", "selected"]))
     labels, _, info = seen["out"]
     assert Counter(labels) == {0: 5} and info["label_source"] == "the selected real clips"
+
+
+def test_a_shard_folder_of_fakes_is_read_whole_whatever_the_tars_split_prefix(tmp_path):
+    """Generated shards need not be named val-*.tar: every tar of the fake folder counts."""
+    write_heldout_shards(tmp_path / "fakes", [9, 9, 9], split="val")
+    write_heldout_shards(tmp_path / "fakes", [9, 9], split="train", first=3)
+    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=5, num_frames=9)
+    stats, info = fake_statistics_from_folder(
+        str(tmp_path / "fakes"), protocol, tiny_detector(protocol), progress=False
+    )
+    assert info["available"] == 5 and info["selected"] == 5 and stats.count == 5

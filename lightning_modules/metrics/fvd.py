@@ -242,12 +242,13 @@ def fake_statistics_from_folder(
 ) -> tuple[dict[str, GaussianStats], dict]:
     """Statistics of `num_fake` generated videos, the first `num_frames` frames of each.
 
-    Which videos: the first in sorted names, or a seeded random subset (`fake_selection`). Fakes
+    Which videos: the first in sorted names, or a seeded random subset (`fake_selection`); a shard
+    folder is read whole (all its tars, whatever their split prefix). Fakes
     are never subsampled (a generator produces frames at its training rate) and a fake shorter
     than `num_frames` is an error, not a silent skip.
     """
     feature_sets, single = _as_sets(feature_sets)
-    kind, sources = open_sources(spec)
+    kind, sources = open_sources(spec, split=None)  # every tar of a shard folder: fakes have no split
     clips, info = select_clips(
         sources,
         count=protocol.num_fake,

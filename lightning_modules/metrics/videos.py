@@ -106,14 +106,15 @@ def count_frames(path: str) -> int:
 
 
 # ---------------------------------------------------------------- sources
-def shard_files(spec: str, split: str = "val") -> list[str]:
-    """Tar files of a shard spec: a .tar, a glob, a brace pattern, or a folder (its `{split}-*.tar`)."""
+def shard_files(spec: str, split: str | None = "val") -> list[str]:
+    """Tar files of a shard spec: a .tar, a glob, a brace pattern, or a folder (its `{split}-*.tar`,
+    else all its tars; `split=None`: all its tars, as for a folder of generated shards)."""
     if os.path.isdir(spec) and os.path.isdir(os.path.join(spec, "shards")):
         spec = os.path.join(spec, "shards")  # a curation OUT folder
     if os.path.isdir(spec):
-        files = sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) or sorted(
-            glob.glob(os.path.join(spec, "*.tar"))
-        )
+        files = (
+            sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) if split is not None else []
+        ) or sorted(glob.glob(os.path.join(spec, "*.tar")))
     elif "{" in spec:
         import braceexpand
 
@@ -219,9 +220,12 @@ def _read_images(images: list[Path], indices: list[int]) -> np.ndarray:
 
 
 def open_sources(
-    spec: str, *, split: str = "val", label_field: str = "label"
+    spec: str, *, split: str | None = "val", label_field: str = "label"
 ) -> tuple[str, list[VideoSource]]:
-    """(kind, sources) for a shard spec, a folder of videos or a folder of frame folders."""
+    """(kind, sources) for a shard spec, a folder of videos or a folder of frame folders.
+
+    `split`: which tars of a shard folder (`{split}-*.tar`); None reads them all (fakes).
+    """
     tars = (
         shard_files(spec, split)
         if (os.path.isdir(spec) or spec.endswith(".tar") or "*" in spec or "{" in spec)
