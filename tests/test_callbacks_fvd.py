@@ -348,6 +348,7 @@ def test_callback_samples_a_conditional_model_with_the_real_label_histogram(labe
         assert Counter(model.labels_seen) == Counter({0: 1, 1: 4, 2: 1})
         assert cond == {
             "mode": "class",
+            "label_source": "the 6 val-loader clips (every rank's)",
             "label_histogram": {"0": 1, "1": 4, "2": 1},
             "unconditional_run_of_conditional_model": False,
         }
@@ -440,3 +441,24 @@ def test_random_stand_in_detector_is_the_same_file_after_a_restart(tmp_path, mon
         loaded.append((cb.detector.path, cb.detector.sha256, cb.detector.path.stat().st_mtime_ns))
     assert loaded[0] == loaded[1]
     assert Path(loaded[0][0]).is_relative_to(tmp_path)
+
+
+def test_callback_labels_real_from_shards_use_the_whole_split(tmp_path):
+    """real=<shards>: as `evaluate --labels`, the fakes get the whole split's label histogram, not
+    only the selected clips' (the first sorted keys may cover few classes)."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from test_evaluate import write_heldout_shards
+
+    write_heldout_shards(tmp_path / "shards", [10, 10, 10, 10], size=16, labels=[0, 0, 1, 2])
+    model = ClassDummy()
+    cb = FVDCallback(real=str(tmp_path / "shards"), height=16, width=16, every_n_steps=0, num_real=2,
+                     num_fake=4, num_frames=9, batch_size=4, labels="real", detector=tiny_detector())  # fmt: skip
+    trainer = SimpleNamespace(
+        global_step=1, callback_metrics={}, is_global_zero=True, loggers=[], callbacks=[]
+    )
+    cb.evaluate(trainer, model)
+    assert Counter(model.labels_seen) == {0: 2, 1: 1, 2: 1}
+    cond = cb.history[-1]["conditioning"]
+    assert cond["label_histogram"] == {"0": 2, "1": 1, "2": 1} and "4 videos" in cond["label_source"]

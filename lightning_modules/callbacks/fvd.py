@@ -35,8 +35,10 @@ from lightning_modules.metrics.fvd import (
     fvd_from_stats,
     real_statistics,
     select_real_clips,
+    usable_real_sources,
 )
 from lightning_modules.metrics.protocols import get_protocol, to_uint8
+from lightning_modules.metrics.videos import open_sources
 
 
 def _gather_objects(obj) -> list:
@@ -58,7 +60,9 @@ class FVDCallback(Callback):
     every_n_steps: evaluate every N optimizer steps (0 = only at the end); at_train_end: also at the end.
     protocol: preset name; num_real / num_fake / num_frames / stride override it (a custom protocol).
     batch_size, seed, steps, cfg_scale: passed to `generate` (seed: same samples every time).
-    labels: class labels of the fakes: "real" (the real clips' label histogram), "uniform", or a list
+    labels: class labels of the fakes: "real" (the label histogram of every usable video of the real
+        set, the whole split as StyleGAN-V; with "val_dataloader" the taken loader clips'), "selected"
+        (the selected real clips' histogram), "uniform", or a list
         (cycled); None samples the null class, which for a class-conditional model is warned about
         and recorded (`history[i]["conditioning"]`).
     prompts: "captions" (the real clips' captions), a text file (one per line) or a list, cycled.
@@ -125,6 +129,7 @@ class FVDCallback(Callback):
         self._real_labels: list | None = None
         self._real_captions: list | None = None
         self._real_count: int | None = None
+        self._label_pool: tuple = (None, None, None)  # labels, keys, description: labels="real"
         self._frame_metrics = None
         self._last_step = -1
         self.history: list[dict[str, Any]] = []
@@ -259,6 +264,7 @@ class FVDCallback(Callback):
         self._real_labels = [y for _, y, _ in every] or None
         self._real_captions = [c for _, _, c in every] or None
         self._real_count = len(every)
+        self._label_pool = (self._real_labels, None, f"the {len(every)} val-loader clips (every rank's)")
         return {name: st.all_gather() for name, st in stats.items()}
 
     def _real(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
@@ -266,7 +272,16 @@ class FVDCallback(Callback):
             if self.real == "val_dataloader":
                 self._real_stats = self._real_from_loader(trainer)
             else:
-                clips, info = select_real_clips(self.real, self.protocol, split=self.real_split)
+                opened = open_sources(self.real, split=self.real_split)
+                clips, info = select_real_clips(
+                    self.real, self.protocol, split=self.real_split, opened=opened
+                )
+                pool = usable_real_sources(opened[1], self.protocol)  # labels="real": the whole split
+                self._label_pool = (
+                    [s.label for s in pool],
+                    [s.key for s in pool],
+                    f"every usable video of {self.real}: {len(pool)} videos",
+                )
                 self._real_labels = [c.source.label for c in clips]
                 self._real_captions = [c.source.caption for c in clips]
                 self._real_count = len(clips)
@@ -307,6 +322,9 @@ class FVDCallback(Callback):
             real_labels=self._real_labels,
             real_captions=self._real_captions,
             real_keys=[str(i) for i in range(self._real_count or 0)],
+            all_labels=self._label_pool[0],
+            all_keys=self._label_pool[1],
+            label_source=self._label_pool[2],
         )
         if conditioning.get("unconditional_run_of_conditional_model"):
             rank_zero_warn(f"FVDCallback: {conditioning['warning']}")
@@ -358,7 +376,12 @@ class FVDCallback(Callback):
                 "real_clips": self._real_count,
                 "conditioning": {
                     k: conditioning[k]
-                    for k in ("mode", "label_histogram", "unconditional_run_of_conditional_model")
+                    for k in (
+                        "mode",
+                        "label_source",
+                        "label_histogram",
+                        "unconditional_run_of_conditional_model",
+                    )
                 },
             }
         )
