@@ -18,7 +18,6 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +37,7 @@ from lightning_modules.metrics.detectors import (
     ENV_INCEPTION,
     DetectorWeightsError,
     load_fvd_detector,
+    random_detector_dir,
 )
 from lightning_modules.metrics.fvd import (
     fake_statistics_from_folder,
@@ -45,6 +45,7 @@ from lightning_modules.metrics.fvd import (
     fvd_from_stats,
     real_statistics,
     select_real_clips,
+    usable_real_sources,
 )
 from lightning_modules.metrics.protocols import PROTOCOLS, REAL_RESIZES, SELECTIONS, SOURCES, get_protocol
 from lightning_modules.metrics.videos import open_sources
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--real",
         help="held-out set: shards folder/.tar/glob, folder of videos or of frame folders "
-        "(needed for fvd and fid, and for --labels real / --prompts captions)",
+        "(needed for fvd and fid, and for --labels real|selected / --prompts captions)",
     )
     p.add_argument(
         "--real-split",
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="real",
         choices=LABEL_MODES,
-        help="class labels for the fakes: real (bare --labels) = the selected real clips' label histogram; "
+        help="class labels for the fakes: real (bare --labels) = the label histogram of every usable video of "
+        "the real set (the whole split, as StyleGAN-V); selected = of the selected real clips only; "
         "uniform = the same count per class",
     )
     c.add_argument("--label-field", default="label", help="the shards' json field holding the class label")
@@ -204,7 +206,7 @@ def _sampling_info(model, args, height, width) -> dict:
 
 
 def _peek_size(spec: str) -> tuple[int, int]:
-    _, sources = open_sources(spec)
+    _, sources = open_sources(spec, split=None)  # the fakes: every tar of a shard folder
     if not sources:
         raise FileNotFoundError(f"no fake videos in {spec!r}")
     frame = sources[0].load([0])
@@ -224,9 +226,11 @@ def evaluate(args) -> dict:
     if (labels_mode or prompts_mode) and not from_ckpt:
         raise ValueError("--labels / --prompts condition sampling: they need --fake *.ckpt")
     needs_real_stats = "fvd" in metrics or "fid" in metrics
-    needs_real_clips = needs_real_stats or labels_mode == "real" or prompts_mode == "captions"
+    needs_real_clips = needs_real_stats or labels_mode in ("real", "selected") or prompts_mode == "captions"
     if needs_real_clips and not args.real:
-        raise ValueError("--real is needed for fvd / fid (and for --labels real, --prompts captions)")
+        raise ValueError(
+            "--real is needed for fvd / fid (and for --labels real|selected, --prompts captions)"
+        )
 
     # ---- only the detectors the metrics need
     feature_sets: dict = {}
@@ -238,9 +242,8 @@ def evaluate(args) -> dict:
             i3d_state_dict=args.i3d_state_dict,
             allow_random=args.allow_random_detector,
             device=args.device,
-            # one stand-in file per machine: its sha256 (TorchScript files differ byte-wise between
-            # processes) then stays the same from run to run, so --real-cache works for smoke runs too
-            random_dir=str(Path(tempfile.gettempdir()) / "videodit_random_detectors"),
+            # one stand-in file per machine: --real-cache then works for smoke runs too
+            random_dir=random_detector_dir(),
         )
         feature_sets["i3d"] = detector
     if "fid" in metrics or "is" in metrics:
@@ -280,9 +283,15 @@ def evaluate(args) -> dict:
         fake_size = _peek_size(args.fake) if protocol.real_resize == "train" and needs_real_stats else None
 
     # ---- real clips (selection only: no decoding yet)
-    real_sel = None
+    real_sel = real_pool = None
     if needs_real_clips:
-        real_sel = select_real_clips(args.real, protocol, split=args.real_split, label_field=args.label_field)
+        opened = open_sources(args.real, split=args.real_split, label_field=args.label_field)
+        real_sel = select_real_clips(
+            args.real, protocol, split=args.real_split, label_field=args.label_field, opened=opened
+        )
+        # --labels real: the fakes' label histogram is the WHOLE split's (StyleGAN-V draws each fake's
+        # label from a random video of the dataset), not only the selected clips'
+        real_pool = usable_real_sources(opened[1], protocol)
     real_clips = real_sel[0] if real_sel else []
 
     # ---- conditions
@@ -298,6 +307,15 @@ def evaluate(args) -> dict:
             real_labels=[c.source.label for c in real_clips] if real_sel else None,
             real_captions=[c.source.caption for c in real_clips] if real_sel else None,
             real_keys=[c.key for c in real_clips],
+            all_labels=[s.label for s in real_pool] if real_pool is not None else None,
+            all_keys=[s.key for s in real_pool] if real_pool is not None else None,
+            label_source=(
+                f"every usable video of {args.real}"
+                + (f" (split {args.real_split})" if opened[0] == "shards" else "")
+                + f": {len(real_pool)} videos"
+                if real_pool is not None
+                else None
+            ),
         )
 
     # ---- real statistics (cached per feature set)

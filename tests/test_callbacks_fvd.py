@@ -348,6 +348,7 @@ def test_callback_samples_a_conditional_model_with_the_real_label_histogram(labe
         assert Counter(model.labels_seen) == Counter({0: 1, 1: 4, 2: 1})
         assert cond == {
             "mode": "class",
+            "label_source": "the 6 val-loader clips (every rank's)",
             "label_histogram": {"0": 1, "1": 4, "2": 1},
             "unconditional_run_of_conditional_model": False,
         }
@@ -366,3 +367,98 @@ def test_fewer_val_clips_than_asked_warn_and_are_named_custom():
     with pytest.warns(UserWarning, match="only 8 real clips for the 20"):
         trainer.fit(model, datamodule=Clips())
     assert cb.history[-1]["real_clips"] == 8 and "num_real=8" in cb.history[-1]["protocol"]
+
+
+SPLIT_LABELS = [0, 1, 2, 0, 1, 2, 3, 3, 3, 0]
+
+
+def _val_batches(rank: int, world: int, split: bool) -> list[dict]:
+    """10 labelled clips; `split`: rank r gets clips r, r + world, ... (DistributedSampler), batches of 2."""
+    g = torch.Generator().manual_seed(3)
+    videos = torch.rand(len(SPLIT_LABELS), 3, 10, 16, 16, generator=g) * 2 - 1
+    mine = [i for i in range(len(videos)) if not split or i % world == rank]
+    return [
+        {
+            "video": videos[mine[k : k + 2]],
+            "label": torch.tensor([SPLIT_LABELS[i] for i in mine[k : k + 2]]),
+            "caption": [f"clip {i}" for i in mine[k : k + 2]],
+        }
+        for k in range(0, len(mine), 2)
+    ]
+
+
+def _real_of_loader(rank: int, world: int, split: bool):
+    from types import SimpleNamespace
+
+    cb = FVDCallback(real="val_dataloader", height=16, width=16, every_n_steps=0, num_real=7, num_fake=4,
+                     num_frames=9, detector=tiny_detector())  # fmt: skip
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(val_dataloader=lambda: _val_batches(rank, world, split))
+    )
+    stats = cb._real(trainer)["i3d"]
+    return stats, cb._real_labels, cb._real_captions, cb._real_count
+
+
+def _loader_worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    for split in (True, False):
+        stats, labels, captions, count = _real_of_loader(rank, world, split)
+        np.savez(f"{out}_{int(split)}_{rank}.npz", mean=stats.mean, scatter=stats.scatter, count=stats.count,
+                 labels=np.array(labels), captions=np.array(captions), n=count)  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # spawning two interpreters costs ~30 s on a shared CPU
+def test_val_loader_real_set_does_not_depend_on_the_number_of_ranks(tmp_path):
+    """A val loader split by rank (or not) gives every rank the statistics, labels and count of the
+    first num_real clips of the unsplit loader: the single-process ones."""
+    single, labels, captions, count = _real_of_loader(0, 1, False)
+    assert count == 7 and labels == SPLIT_LABELS[:7] and captions == [f"clip {i}" for i in range(7)]
+    out = str(tmp_path / "real")
+    torch.multiprocessing.spawn(_loader_worker, args=(2, f"file://{tmp_path / 'rdv'}", out), nprocs=2)
+    for split in (1, 0):
+        for rank in range(2):
+            got = np.load(f"{out}_{split}_{rank}.npz")
+            assert int(got["count"]) == int(got["n"]) == 7, (split, rank)
+            assert got["labels"].tolist() == labels and got["captions"].tolist() == captions
+            # float32 detector on other batch compositions: equal to float32 precision
+            np.testing.assert_allclose(got["mean"], single.mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got["scatter"], single.scatter, rtol=1e-5, atol=1e-5)
+
+
+def test_random_stand_in_detector_is_the_same_file_after_a_restart(tmp_path, monkeypatch):
+    """allow_random_detector + real_cache: a restarted run must find the same stand-in (same sha256,
+    the cache key), not write a fresh TorchScript file whose bytes differ."""
+    import tempfile
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the machine's temp folder, for this test
+    monkeypatch.delenv("VIDEODIT_I3D_TORCHSCRIPT", raising=False)
+    loaded = []
+    for _ in range(2):  # two runs (a restart): fresh callbacks, nothing shared but the disk
+        cb = FVDCallback(real="val_dataloader", height=16, width=16, allow_random_detector=True)
+        cb._load(SimpleNamespace(device=torch.device("cpu")))
+        loaded.append((cb.detector.path, cb.detector.sha256, cb.detector.path.stat().st_mtime_ns))
+    assert loaded[0] == loaded[1]
+    assert Path(loaded[0][0]).is_relative_to(tmp_path)
+
+
+def test_callback_labels_real_from_shards_use_the_whole_split(tmp_path):
+    """real=<shards>: as `evaluate --labels`, the fakes get the whole split's label histogram, not
+    only the selected clips' (the first sorted keys may cover few classes)."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from test_evaluate import write_heldout_shards
+
+    write_heldout_shards(tmp_path / "shards", [10, 10, 10, 10], size=16, labels=[0, 0, 1, 2])
+    model = ClassDummy()
+    cb = FVDCallback(real=str(tmp_path / "shards"), height=16, width=16, every_n_steps=0, num_real=2,
+                     num_fake=4, num_frames=9, batch_size=4, labels="real", detector=tiny_detector())  # fmt: skip
+    trainer = SimpleNamespace(
+        global_step=1, callback_metrics={}, is_global_zero=True, loggers=[], callbacks=[]
+    )
+    cb.evaluate(trainer, model)
+    assert Counter(model.labels_seen) == {0: 2, 1: 1, 2: 1}
+    cond = cb.history[-1]["conditioning"]
+    assert cond["label_histogram"] == {"0": 2, "1": 1, "2": 1} and "4 videos" in cond["label_source"]

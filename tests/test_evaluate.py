@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,18 @@ def moving_square(num_frames: int, size: int, seed: int) -> np.ndarray:
 
 
 def write_heldout_shards(
-    folder: Path, lengths: list[int], size: int = 32, labels: list[int] | None = None, split: str = "val"
+    folder: Path,
+    lengths: list[int],
+    size: int = 32,
+    labels: list[int] | None = None,
+    split: str = "val",
+    first: int = 0,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(
         str(folder / schema.SHARD_PATTERN.format(split=split)), maxcount=2, verbose=0
     ) as sink:
-        for i, n in enumerate(lengths):
+        for i, n in enumerate(lengths, start=first):
             key = schema.check_key(f"src{i:03d}_s0000_c00")
             meta = {
                 "key": key,
@@ -62,7 +68,7 @@ def write_heldout_shards(
                 "pipeline_version": schema.PIPELINE_VERSION,
             }
             if labels is not None:
-                meta["label"] = labels[i]
+                meta["label"] = labels[i - first]
             assert not schema.missing_meta(meta)
             sink.write(
                 {
@@ -605,3 +611,55 @@ def test_fvd_tats_from_a_fake_folder_resizes_real_windows_to_the_fakes_size(data
     assert report["real"]["resize"] == {"real_resize": "train", "size": [48, 48], "conversion": "truncate"}
     assert report["resolution"]["match"] is True and report["fake"]["first_keys"] != ["s0.mp4", "s1.mp4"]
     assert report["protocol"]["sources"]["real_selection"].startswith("songweige/TATS")
+
+
+def test_labels_real_draws_the_whole_split_histogram_not_the_selected_clips(tmp_path, monkeypatch):
+    """StyleGAN-V draws each fake's label from a random video of the WHOLE dataset: with sorted-key
+    selection the first clips may cover only some classes, the fakes must still get all of them."""
+    import types
+
+    import lightning_modules.metrics.fid_is as fid_is
+    from lightning_modules.video_diffusion import VideoDiffusion
+
+    # sorted keys src000..src005; the 5-frame one is too short (not usable); first 2 selected: {0: 2}
+    write_heldout_shards(tmp_path / "shards", [17, 17, 17, 5, 17, 17], labels=[0, 0, 1, 3, 2, 2])
+    stub = types.SimpleNamespace(hparams={"num_classes": 4}, sample_shape=(16, 32, 32), text_encoder=None)
+    monkeypatch.setattr(VideoDiffusion, "load_for_sampling", classmethod(lambda cls, *a, **k: stub))
+    monkeypatch.setattr(fid_is, "FrameInception", lambda **kw: None)
+    seen, real_resolve = {}, evaluate.resolve_conditioning
+
+    class Stop(Exception):
+        pass
+
+    def capture(*a, **kw):
+        seen["out"] = real_resolve(*a, **kw)
+        raise Stop
+
+    monkeypatch.setattr(evaluate, "resolve_conditioning", capture)
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"")
+    base = ["--real", str(tmp_path / "shards"), "--fake", str(ckpt), "--metrics", "is", "--num-real", "2"]
+    base += ["--num-fake", "5", "--num-frames", "16", "--allow-random-detector", "--no-progress"]
+    parser = evaluate.build_parser()
+    with pytest.raises(Stop):
+        evaluate.evaluate(parser.parse_args([*base, "--labels"]))
+    labels, _, info = seen["out"]
+    assert Counter(labels) == {0: 2, 1: 1, 2: 2}
+    assert info["real_label_histogram"] == {"0": 2, "1": 1, "2": 2} and info["label_pool_size"] == 5
+    assert info["selected_label_histogram"] == {"0": 2}
+    assert "every usable video" in info["label_source"] and "5 videos" in info["label_source"]
+    with pytest.raises(Stop):
+        evaluate.evaluate(parser.parse_args([*base, "--labels", "selected"]))
+    labels, _, info = seen["out"]
+    assert Counter(labels) == {0: 5} and info["label_source"] == "the selected real clips"
+
+
+def test_a_shard_folder_of_fakes_is_read_whole_whatever_the_tars_split_prefix(tmp_path):
+    """Generated shards need not be named val-*.tar: every tar of the fake folder counts."""
+    write_heldout_shards(tmp_path / "fakes", [9, 9, 9], split="val")
+    write_heldout_shards(tmp_path / "fakes", [9, 9], split="train", first=3)
+    protocol = get_protocol("fvd2048_16f").override(num_real=2, num_fake=5, num_frames=9)
+    stats, info = fake_statistics_from_folder(
+        str(tmp_path / "fakes"), protocol, tiny_detector(protocol), progress=False
+    )
+    assert info["available"] == 5 and info["selected"] == 5 and stats.count == 5

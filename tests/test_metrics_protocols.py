@@ -269,3 +269,20 @@ def test_tats_fakes_are_truncated():
     by_hand = ((x.numpy().astype(np.float32) + 1) / 2 * 255).astype(np.uint8)  # (samples * 255).astype(uint8)
     assert to_uint8(x, "truncate").numpy().tolist() == by_hand.tolist()
     assert (to_uint8(x, "truncate") != to_uint8(x)).any()  # and differs from StyleGAN-V's rounding
+
+
+@pytest.mark.parametrize("hw, cover", [((187, 187), (97, 96)), ((273, 546), (96, 193))])
+def test_tats_cover_size_keeps_its_floating_point_ceil(hw, cover):
+    """TATS resizes to ceil(side * (res / min(h, w))) in floating point, which can add a pixel."""
+    import torch.nn.functional as F
+
+    from lightning_modules.metrics.videos import resize_center_crop
+
+    h, w = hw
+    frames = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    x = F.interpolate(x, size=cover, mode="bilinear", align_corners=False)
+    top, left = (cover[0] - 96) // 2, (cover[1] - 96) // 2
+    x = x[:, :, top : top + 96, left : left + 96] - 0.5  # TATS's [-0.5, 0.5], back with (x + 0.5) * 255
+    want = ((x + 0.5) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(resize_center_crop(frames, (96, 96), conversion="truncate"), want)

@@ -5,13 +5,17 @@ Every `every_n_steps` optimizer steps and once at the end of training the callba
 through the protocol's detector and logs `val/fvd` (`val/fvd_uncalibrated` with random stand-in
 detectors). Real statistics are computed once (from shards / a video folder, optionally cached to
 an .npz, or from the datamodule's val loader) and kept. Under DDP every rank generates its share
-and the float64 statistics are merged exactly; every rank logs the same value.
+and the float64 statistics are merged exactly; every rank logs the same value. A val loader split
+by rank is gathered too (features merged, labels / captions / count shared by every rank), so the
+real statistic does not depend on the number of GPUs.
 
 Cost is bounded by `num_fake`, `num_real`, `batch_size`, `steps` and `every_n_steps`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -22,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_modules.metrics.conditioning import conditioned_generate, model_conditioning
 from lightning_modules.metrics.conditioning import resolve as resolve_conditioning
-from lightning_modules.metrics.detectors import FVDDetector, load_fvd_detector
+from lightning_modules.metrics.detectors import FVDDetector, load_fvd_detector, random_detector_dir
 from lightning_modules.metrics.frechet import GaussianStats
 from lightning_modules.metrics.fvd import (
     accumulate,
@@ -31,19 +35,34 @@ from lightning_modules.metrics.fvd import (
     fvd_from_stats,
     real_statistics,
     select_real_clips,
+    usable_real_sources,
 )
 from lightning_modules.metrics.protocols import get_protocol, to_uint8
+from lightning_modules.metrics.videos import open_sources
+
+
+def _gather_objects(obj) -> list:
+    """`obj` of every rank, in rank order (`[obj]` without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 class FVDCallback(Callback):
     """Args:
     real: held-out set (shards folder/.tar/glob, video folder, frame folders) or "val_dataloader"
-        (clips of the datamodule's validation loader, first `num_real` in loader order).
+        (clips of the datamodule's validation loader, first `num_real` in loader order; under DDP the
+        ranks' shares are gathered, so the statistic and the label histogram do not depend on the
+        number of GPUs: see `_real_from_loader`).
     height, width: resolution to generate at (the training resolution).
     every_n_steps: evaluate every N optimizer steps (0 = only at the end); at_train_end: also at the end.
     protocol: preset name; num_real / num_fake / num_frames / stride override it (a custom protocol).
     batch_size, seed, steps, cfg_scale: passed to `generate` (seed: same samples every time).
-    labels: class labels of the fakes: "real" (the real clips' label histogram), "uniform", or a list
+    labels: class labels of the fakes: "real" (the label histogram of every usable video of the real
+        set, the whole split as StyleGAN-V; with "val_dataloader" the taken loader clips'), "selected"
+        (the selected real clips' histogram), "uniform", or a list
         (cycled); None samples the null class, which for a class-conditional model is warned about
         and recorded (`history[i]["conditioning"]`).
     prompts: "captions" (the real clips' captions), a text file (one per line) or a list, cycled.
@@ -110,6 +129,7 @@ class FVDCallback(Callback):
         self._real_labels: list | None = None
         self._real_captions: list | None = None
         self._real_count: int | None = None
+        self._label_pool: tuple = (None, None, None)  # labels, keys, description: labels="real"
         self._frame_metrics = None
         self._last_step = -1
         self.history: list[dict[str, Any]] = []
@@ -135,6 +155,8 @@ class FVDCallback(Callback):
                 i3d_state_dict=self.weights["i3d_state_dict"],
                 allow_random=self.allow_random,
                 device=pl_module.device,
+                # the stand-in evaluate uses: the same file (sha256) after a restart, so real_cache is reused
+                random_dir=random_detector_dir(),
             )
         if ("fid" in self.metrics or "is" in self.metrics) and self._frame_metrics is None:
             from lightning_modules.metrics.fid_is import FrameInception
@@ -156,25 +178,52 @@ class FVDCallback(Callback):
         return sets
 
     def _real_from_loader(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
-        """First `num_real` clips of the val loader, as uint8, the first `span` frames of each.
+        """The first `num_real` clips of the val loader, as uint8, the first `span` frames of each.
 
         The val loader decides where its clips start (their first frames here, whatever the
-        protocol's `clip_start`). Rank 0 computes them and broadcasts: whether a datamodule's val
-        loader is split by rank differs between datamodules, and every rank must compare against the
-        same real set. Labels and captions of the clips are kept for `labels="real"` /
-        `prompts="captions"`.
+        protocol's `clip_start`). Under DDP the statistic must not depend on the number of GPUs, and
+        every rank must sample from the same label histogram:
+
+        * whether the datamodule's val loader is split by rank is detected by comparing a
+          fingerprint of each rank's first batch (equal everywhere: not split);
+        * split: rank r's i-th clip is clip `i * world + r` of the unsplit loader (the interleaving
+          of `DistributedSampler`), taken when that position is below `num_real`, so the ranks
+          together take the first `num_real` clips whatever the world size; not split: rank 0 takes
+          them all;
+        * each rank's features are merged exactly into one statistic (`GaussianStats.all_gather`),
+          and the taken clips' labels / captions are gathered to every rank in loader order
+          (`all_gather_object`), so `labels="real"` / `prompts="captions"` and the clip count (the
+          "fewer than 2 clips" error included) are the same on every rank.
         """
-        rank, _ = dist_info()
+        rank, world = dist_info()
         want = self.protocol.num_real
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
         if loader is None:
             raise ValueError("FVDCallback(real='val_dataloader') needs a datamodule with a val_dataloader")
         span = self.protocol.span
-        labels, captions = [], []
+        batches = iter(loader)
+        first = next(batches, None)
+        if first is not None and "video" not in first:
+            raise ValueError("real='val_dataloader' needs bucketed batches with a 'video' tensor")
+        split = False
+        if world > 1:
+            mark = None
+            if first is not None:
+                mark = hashlib.sha256(first["video"].detach().cpu().float().numpy().tobytes()).hexdigest()
+            marks = _gather_objects(mark)
+            split = len(set(marks)) > 1
+        taken: list[
+            tuple[int, int | None, str | None]
+        ] = []  # (position in the unsplit loader, label, caption)
+
+        def position(i: int) -> int | None:
+            if split:
+                return i * world + rank
+            return i if rank == 0 else None
 
         def clips():
-            taken = 0
-            for batch in loader:
+            local = 0
+            for batch in itertools.chain([first] if first is not None else [], batches):
                 if "video" not in batch:
                     raise ValueError("real='val_dataloader' needs bucketed batches with a 'video' tensor")
                 video = batch["video"]  # (B, 3, T, H, W) in [-1, 1]
@@ -183,36 +232,56 @@ class FVDCallback(Callback):
                         f"val clips have {video.shape[2]} frames but the FVD protocol needs {span} "
                         f"({self.protocol.num_frames} frames, stride {self.protocol.stride})"
                     )
-                video = video[:, :, : span : self.protocol.stride][: want - taken]
-                b = len(video)
-                lab = batch.get("label")
-                labels.extend([int(x) for x in lab[:b]] if lab is not None else [None] * b)
-                cap = batch.get("caption")
-                captions.extend(list(cap[:b]) if cap is not None else [None] * b)
-                taken += b
-                yield to_uint8(video, self.protocol.uint8_conversion)
-                if taken >= want:
+                lab, cap = batch.get("label"), batch.get("caption")
+                keep = []
+                for j in range(len(video)):
+                    pos = position(local + j)
+                    if pos is not None and pos < want:
+                        keep.append(j)
+                        y = int(lab[j]) if lab is not None else None
+                        taken.append(
+                            (pos, None if y is None or y < 0 else y, cap[j] if cap is not None else None)
+                        )
+                local += len(video)
+                if keep:
+                    yield to_uint8(
+                        video[keep][:, :, : span : self.protocol.stride], self.protocol.uint8_conversion
+                    )
+                nxt = position(local)
+                if nxt is None or nxt >= want:
                     return
 
         sets = self._feature_sets()
-        if sets and rank == 0:
+        if sets:
             stats = accumulate(
                 sets, clips(), protocol=self.protocol, side="real", total=want, desc="real clips (val loader)"
             )
         else:
-            stats = {name: GaussianStats(fs.dim) for name, fs in sets.items()}
-            list(clips())  # every rank reads the conditions (labels, captions) of the same clips
-        self._real_labels = [None if y is None or y < 0 else y for y in labels] or None
-        self._real_captions = captions or None
-        self._real_count = len(labels)
-        return {name: st.broadcast(0) for name, st in stats.items()}
+            stats = {}
+            for _ in clips():  # conditions only (labels, captions)
+                pass
+        every = sorted(item for part in _gather_objects(taken) for item in part)
+        self._real_labels = [y for _, y, _ in every] or None
+        self._real_captions = [c for _, _, c in every] or None
+        self._real_count = len(every)
+        self._label_pool = (self._real_labels, None, f"the {len(every)} val-loader clips (every rank's)")
+        return {name: st.all_gather() for name, st in stats.items()}
 
     def _real(self, trainer: L.Trainer) -> dict[str, GaussianStats]:
         if self._real_stats is None:
             if self.real == "val_dataloader":
                 self._real_stats = self._real_from_loader(trainer)
             else:
-                clips, info = select_real_clips(self.real, self.protocol, split=self.real_split)
+                opened = open_sources(self.real, split=self.real_split)
+                clips, info = select_real_clips(
+                    self.real, self.protocol, split=self.real_split, opened=opened
+                )
+                pool = usable_real_sources(opened[1], self.protocol)  # labels="real": the whole split
+                self._label_pool = (
+                    [s.label for s in pool],
+                    [s.key for s in pool],
+                    f"every usable video of {self.real}: {len(pool)} videos",
+                )
                 self._real_labels = [c.source.label for c in clips]
                 self._real_captions = [c.source.caption for c in clips]
                 self._real_count = len(clips)
@@ -253,6 +322,9 @@ class FVDCallback(Callback):
             real_labels=self._real_labels,
             real_captions=self._real_captions,
             real_keys=[str(i) for i in range(self._real_count or 0)],
+            all_labels=self._label_pool[0],
+            all_keys=self._label_pool[1],
+            label_source=self._label_pool[2],
         )
         if conditioning.get("unconditional_run_of_conditional_model"):
             rank_zero_warn(f"FVDCallback: {conditioning['warning']}")
@@ -304,7 +376,12 @@ class FVDCallback(Callback):
                 "real_clips": self._real_count,
                 "conditioning": {
                     k: conditioning[k]
-                    for k in ("mode", "label_histogram", "unconditional_run_of_conditional_model")
+                    for k in (
+                        "mode",
+                        "label_source",
+                        "label_histogram",
+                        "unconditional_run_of_conditional_model",
+                    )
                 },
             }
         )

@@ -3,10 +3,15 @@
 A class- or text-conditional checkpoint sampled without conditions (null class, empty caption)
 is a different model from the one the papers score, so:
 
-* `--labels` (real): the fakes' class histogram equals the real set's (StyleGAN-V / Latte draw each
-  fake's label from a random real video: the same histogram in expectation; we allocate it exactly,
-  largest remainder, then shuffle with the sampling seed). `--labels uniform`: the same count per
-  class (TATS: n // classes + 1 per class, then a random subset).
+* `--labels` (real): the fakes' class histogram equals the WHOLE real set's (every usable video of
+  the split, not only the clips selected for the statistics: StyleGAN-V's
+  `compute_feature_stats_for_generator` draws each fake's label from a random video of the whole
+  dataset, `dataset.get_label(np.random.randint(len(dataset)))`; Latte does the same). That is the
+  same histogram in expectation; we allocate it exactly, largest remainder, then shuffle with the
+  sampling seed. The pool is recorded as `label_source`. `--labels selected`: the histogram of the
+  selected real clips only (with sorted-key selection on UCF-101 the first 2048 clips cover ~20
+  classes: not what the papers do). `--labels uniform`: the same count per class (TATS: n // classes
+  + 1 per class, then a random subset).
 * `--prompts FILE` (one prompt per line) or `--prompts captions` (the selected real clips' captions),
   cycled over the samples in order.
 * Sample i gets labels[i] / prompts[i]: conditions, like seeds, depend on the sample index only.
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LABEL_MODES = ("real", "uniform")
+LABEL_MODES = ("real", "selected", "uniform")
 
 
 def model_conditioning(model) -> dict:
@@ -96,28 +101,47 @@ def resolve(
     real_labels: Sequence[int | None] | None = None,
     real_captions: Sequence[str | None] | None = None,
     real_keys: Sequence[str] | None = None,
+    all_labels: Sequence[int | None] | None = None,
+    all_keys: Sequence[str] | None = None,
+    label_source: str | None = None,
 ) -> tuple[list[int] | None, list[str] | None, dict]:
     """Per-sample labels and captions for `n` fakes, and the report's `conditioning` block.
 
-    labels: None, "real" (the real clips' histogram), "uniform", or an explicit list (cycled).
+    real_labels / real_captions / real_keys: the selected real clips'.
+    all_labels / all_keys: the labels of every usable video of the real set (the whole split), the
+    pool of labels="real"; `label_source` describes it for the report (without it "real" falls
+    back to the selected clips, and `label_source` says so).
+    labels: None, "real" (the whole real set's histogram), "selected" (the selected real clips'
+    histogram), "uniform", or an explicit list (cycled).
     prompts: None, "captions" (the real clips' captions), a file path, or an explicit list (cycled).
     """
     out_labels = out_captions = None
+    pool = source = None
     if labels is not None:
         if model["num_classes"] < 1:
             raise ValueError(f"--labels {labels}: the checkpoint is not class-conditional (num_classes=0)")
-        if labels == "real":
-            missing = [k for k, y in zip(real_keys or [], real_labels or []) if y is None]
-            if real_labels is None or missing or not real_labels:
-                raise ValueError(
-                    "--labels real needs a class label on every selected real clip (shards: a `.cls` member or "
-                    f"the json's label field, see --label-field); missing on {missing[:3] or 'all'}"
+        if labels in ("real", "selected"):
+            if labels == "real" and all_labels is not None:
+                pool, keys = all_labels, all_keys
+                source = label_source or "every usable video of the real set"
+            else:
+                pool, keys = real_labels, real_keys
+                source = "the selected real clips" + (
+                    "" if labels == "selected" else " (the whole real set's labels were not given)"
                 )
-            out_labels = balanced_labels([int(y) for y in real_labels], n, seed=seed)
+            missing = [k for k, y in zip(keys or [], pool or []) if y is None]
+            if pool is None or missing or not pool:
+                raise ValueError(
+                    f"--labels {labels} needs a class label on every real clip of {source} (shards: a `.cls` "
+                    f"member or the json's label field, see --label-field); missing on {missing[:3] or 'all'}"
+                )
+            out_labels = balanced_labels([int(y) for y in pool], n, seed=seed)
         elif labels == "uniform":
             out_labels = uniform_labels(model["num_classes"], n, seed=seed)
         elif isinstance(labels, str):
-            raise ValueError(f"labels must be 'real', 'uniform' or a list of ints, got {labels!r}")
+            raise ValueError(
+                f"labels must be 'real', 'selected', 'uniform' or a list of ints, got {labels!r}"
+            )
         else:
             out_labels = cycled([int(y) for y in labels], n)
         bad = sorted({y for y in out_labels if not 0 <= y < model["num_classes"]})
@@ -146,7 +170,12 @@ def resolve(
         "model": dict(model),
         "labels": None if labels is None else (labels if isinstance(labels, str) else "list"),
         "label_histogram": histogram(out_labels),
-        "real_label_histogram": histogram([y for y in real_labels if y is not None]) if real_labels else None,
+        "label_source": source,
+        "label_pool_size": None if pool is None else len(pool),
+        "real_label_histogram": histogram([y for y in pool if y is not None]) if pool else None,
+        "selected_label_histogram": (
+            histogram([y for y in real_labels if y is not None]) if real_labels else None
+        ),
         "prompts": None if out_captions is None else source,
         "distinct_prompts": None if out_captions is None else len(set(out_captions)),
         "first_prompts": None if out_captions is None else out_captions[:3],

@@ -140,6 +140,13 @@ class FVDDetector:
         }
 
 
+def random_detector_dir() -> str:
+    """The one folder per machine for random stand-in detector files: a stand-in is written once and
+    then reused, so its sha256 (TorchScript files differ byte-wise between processes) stays the same
+    from run to run and a real-statistics cache keyed on it survives a restart."""
+    return str(Path(tempfile.gettempdir()) / "videodit_random_detectors")
+
+
 def load_fvd_detector(
     protocol: Protocol,
     *,

@@ -20,7 +20,15 @@ from tqdm.auto import tqdm
 from .cache import cache_key, cache_path, load_stats, save_stats
 from .frechet import GaussianStats, stats_distance
 from .protocols import Protocol, check_clip_length, to_uint8
-from .videos import Clip, VideoSource, iter_clip_batches, open_sources, resize_center_crop, select_clips
+from .videos import (
+    Clip,
+    VideoSource,
+    iter_clip_batches,
+    min_video_frames,
+    open_sources,
+    resize_center_crop,
+    select_clips,
+)
 
 
 def dist_info() -> tuple[int, int]:
@@ -90,10 +98,20 @@ def _as_sets(feature_sets) -> tuple[dict, bool]:
 
 
 def select_real_clips(
-    spec: str | list[VideoSource], protocol: Protocol, *, split: str = "val", label_field: str = "label"
+    spec: str | list[VideoSource],
+    protocol: Protocol,
+    *,
+    split: str = "val",
+    label_field: str = "label",
+    opened: tuple[str, list[VideoSource]] | None = None,
 ) -> tuple[list[Clip], dict]:
-    """The protocol's real clips from `spec` (a path, or already opened sources), without decoding."""
-    if isinstance(spec, str):
+    """The protocol's real clips from `spec` (a path, or already opened sources), without decoding.
+
+    `opened`: the (kind, sources) of `open_sources(spec, ...)` when the caller already has them.
+    """
+    if opened is not None:
+        kind, sources = opened
+    elif isinstance(spec, str):
         kind, sources = open_sources(spec, split=split, label_field=label_field)
     else:
         kind, sources = "sources", spec
@@ -113,6 +131,13 @@ def select_real_clips(
         source=str(spec) if kind != "sources" else None, kind=kind, split=split if kind == "shards" else None
     )
     return clips, info
+
+
+def usable_real_sources(sources: list[VideoSource], protocol: Protocol) -> list[VideoSource]:
+    """Every video of the real set long enough for the protocol (what the references' dataset holds),
+    in key order: the pool `--labels real` draws the fakes' label histogram from."""
+    need = min_video_frames(protocol.num_frames, protocol.stride, protocol.min_length)
+    return sorted((s for s in sources if s.num_frames >= need), key=lambda s: s.key)
 
 
 def real_transform(protocol: Protocol, size: tuple[int, int] | None):
@@ -217,12 +242,13 @@ def fake_statistics_from_folder(
 ) -> tuple[dict[str, GaussianStats], dict]:
     """Statistics of `num_fake` generated videos, the first `num_frames` frames of each.
 
-    Which videos: the first in sorted names, or a seeded random subset (`fake_selection`). Fakes
+    Which videos: the first in sorted names, or a seeded random subset (`fake_selection`); a shard
+    folder is read whole (all its tars, whatever their split prefix). Fakes
     are never subsampled (a generator produces frames at its training rate) and a fake shorter
     than `num_frames` is an error, not a silent skip.
     """
     feature_sets, single = _as_sets(feature_sets)
-    kind, sources = open_sources(spec)
+    kind, sources = open_sources(spec, split=None)  # every tar of a shard folder: fakes have no split
     clips, info = select_clips(
         sources,
         count=protocol.num_fake,

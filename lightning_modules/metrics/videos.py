@@ -106,14 +106,15 @@ def count_frames(path: str) -> int:
 
 
 # ---------------------------------------------------------------- sources
-def shard_files(spec: str, split: str = "val") -> list[str]:
-    """Tar files of a shard spec: a .tar, a glob, a brace pattern, or a folder (its `{split}-*.tar`)."""
+def shard_files(spec: str, split: str | None = "val") -> list[str]:
+    """Tar files of a shard spec: a .tar, a glob, a brace pattern, or a folder (its `{split}-*.tar`,
+    else all its tars; `split=None`: all its tars, as for a folder of generated shards)."""
     if os.path.isdir(spec) and os.path.isdir(os.path.join(spec, "shards")):
         spec = os.path.join(spec, "shards")  # a curation OUT folder
     if os.path.isdir(spec):
-        files = sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) or sorted(
-            glob.glob(os.path.join(spec, "*.tar"))
-        )
+        files = (
+            sorted(glob.glob(os.path.join(spec, f"{split}-*.tar"))) if split is not None else []
+        ) or sorted(glob.glob(os.path.join(spec, "*.tar")))
     elif "{" in spec:
         import braceexpand
 
@@ -219,9 +220,12 @@ def _read_images(images: list[Path], indices: list[int]) -> np.ndarray:
 
 
 def open_sources(
-    spec: str, *, split: str = "val", label_field: str = "label"
+    spec: str, *, split: str | None = "val", label_field: str = "label"
 ) -> tuple[str, list[VideoSource]]:
-    """(kind, sources) for a shard spec, a folder of videos or a folder of frame folders."""
+    """(kind, sources) for a shard spec, a folder of videos or a folder of frame folders.
+
+    `split`: which tars of a shard folder (`{split}-*.tar`); None reads them all (fakes).
+    """
     tars = (
         shard_files(spec, split)
         if (os.path.isdir(spec) or spec.endswith(".tar") or "*" in spec or "{" in spec)
@@ -337,12 +341,26 @@ def select_clips(
     return clips, info
 
 
+def cover_size(h: int, w: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) an (h, w) frame is resized to before the centre crop to `size`.
+
+    TATS's floating-point expression (tats/data.py `preprocess`): scale = res / min(h, w), then
+    ceil(side * scale) for the other side, so float error can add a pixel (187x187 -> 96: 97x96,
+    273x546 -> 96: 96x193). On a tie (h == w for a square target) TATS keeps the width exact and
+    ceils the height; so do we.
+    """
+    th, tw = size
+    if th / h > tw / w:  # height sets the scale
+        return th, max(tw, math.ceil(w * (th / h)))
+    return max(th, math.ceil(h * (tw / w))), tw
+
+
 def resize_center_crop(frames: np.ndarray, size: tuple[int, int], *, conversion: str = "round") -> np.ndarray:
     """uint8 (T, H, W, 3) -> uint8 (T, h, w, 3): scale so the frame covers (h, w), then centre crop.
 
     The float arithmetic of VideoGPT/TATS `preprocess` (tats/data.py): x / 255, bilinear
-    (align_corners=False, no antialias) to the covering size — the side that sets the scale gets
-    exactly its target, the other ceil(side * scale) — crop starting at (extra // 2), minus 0.5;
+    (align_corners=False, no antialias) to the covering size (`cover_size`: the side that sets the
+    scale gets exactly its target, the other ceil(side * scale) in floating point) — crop starting at (extra // 2), minus 0.5;
     back to uint8 as ((x + 0.5) * 255) truncated (`.byte()`, "truncate") or rounded ("round").
     For a square target this is TATS's "shorter side to resolution, centre crop".
     """
@@ -353,10 +371,7 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int], *, conversion:
     if (h, w) == (th, tw) and conversion == "round":
         return frames
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
-    if th / h >= tw / w:  # height sets the scale
-        target = (th, max(tw, math.ceil(w * th / h)))
-    else:
-        target = (max(th, math.ceil(h * tw / w)), tw)
+    target = cover_size(h, w, size)
     x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
     top, left = (target[0] - th) // 2, (target[1] - tw) // 2
     x = x[:, :, top : top + th, left : left + tw] - 0.5
