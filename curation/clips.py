@@ -93,21 +93,34 @@ def is_variable(times: np.ndarray) -> bool:
     return bool(gaps.size > 1 and gaps.max() - gaps.min() > 0.02 * np.median(gaps))
 
 
-def _plan_slots(spec: ClipSpec, times: np.ndarray, rate: Fraction, cfr: bool) -> tuple[dict, Fraction]:
-    """({source frame: [output timestamps]}, their time base) of one clip: resampled to `rate`
-    (cfr), each frame once at 1 / rate (source timing, even intervals), or each frame once at its
-    own time (source timing of a variable-rate stretch)."""
+def stretch_rate(t: np.ndarray, source_rate: Fraction) -> Fraction:
+    """The rate of an evenly spaced stretch of a variable-rate source (its median frame gap), not
+    the file's average rate: a 50 fps stretch of a 24 fps-average file plays at 50 fps."""
+    gap = float(np.median(np.diff(np.asarray(t, np.float64))))
+    return Fraction(1 / gap).limit_denominator(1001) if gap > 0 else source_rate
+
+
+def _plan_slots(
+    spec: ClipSpec, times: np.ndarray, rate: Fraction, cfr: bool, vfr_source: bool = False
+) -> tuple[dict, Fraction, Fraction]:
+    """({source frame: [output timestamps]}, their time base, the clip's rate) of one clip:
+    resampled to `rate` (cfr), each frame once at 1 / rate (source timing, even intervals; for a
+    variable-rate source the stretch's own rate), or each frame once at its own time (source
+    timing of a variable-rate stretch)."""
     t = times[spec.start : spec.end + 1]
     slots: dict[int, list[int]] = {}
     if cfr:
         for k, off in enumerate(resample_times(t, rate)):
             slots.setdefault(spec.start + int(off), []).append(k)
-        return slots, 1 / rate
+        return slots, 1 / rate, rate
     if not is_variable(t):
-        return {spec.start + k: [k] for k in range(spec.end - spec.start)}, 1 / rate
-    return {
-        spec.start + k: [round((t[k] - t[0]) / TIME_BASE)] for k in range(spec.end - spec.start)
-    }, TIME_BASE
+        own = stretch_rate(t, rate) if vfr_source else rate
+        return {spec.start + k: [k] for k in range(spec.end - spec.start)}, 1 / own, own
+    return (
+        {spec.start + k: [round((t[k] - t[0]) / TIME_BASE)] for k in range(spec.end - spec.start)},
+        TIME_BASE,
+        rate,
+    )
 
 
 class _Writer:
@@ -191,9 +204,10 @@ def extract(
     rate = output_rate(source_rate, cfg)
     plan = {}  # source frame index -> [(spec, output timestamps)]
     final = {}  # key -> last source frame the clip uses
-    expected, time_base = {}, {}
+    expected, time_base, clip_rate = {}, {}, {}
+    vfr_source = is_variable(times)
     for spec in specs:
-        slots, time_base[spec.key] = _plan_slots(spec, times, rate, cfr)
+        slots, time_base[spec.key], clip_rate[spec.key] = _plan_slots(spec, times, rate, cfr, vfr_source)
         final[spec.key] = max(slots)
         expected[spec.key] = sum(len(v) for v in slots.values())
         for index, ts in sorted(slots.items()):
@@ -214,7 +228,9 @@ def extract(
                     w = writers.get(spec.key)
                     if w is None:
                         size = output_size(fw, fh, cfg)
-                        w = writers[spec.key] = _Writer(spec, rate, size, cfg, time_base[spec.key])
+                        w = writers[spec.key] = _Writer(
+                            spec, clip_rate[spec.key], size, cfg, time_base[spec.key]
+                        )
                     w.write(frame, slots, rotation)
                     if index == final[spec.key]:
                         w.close()
