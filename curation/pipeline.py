@@ -390,13 +390,22 @@ def plan(out: Path, sources: list[Source], hashes: dict, cfg: CurateConfig) -> t
         elif rec.get("analysis_hash") != hashes["analysis"]:
             changed.append(s.source_id)
             todo.append((s, None))
-        elif rec["status"] != "ok":  # failed before the motion filter: a new threshold changes nothing
+        elif (
+            rec["status"] != "ok"
+            and (
+                not rec.get("candidates")
+                and (not rec.get("crashed") or rec.get("extract_hash") == hashes["extract"])
+            )
+        ):  # failed before extraction (probe, decode, no candidates): a new threshold or encoder changes nothing
             done[s.source_id] = dict(rec, config_hash=hashes["source"], extract_hash=hashes["extract"])
+        elif rec["status"] != "ok" and not rec.get("candidates"):
+            changed.append(s.source_id)  # a timeout or dead worker under other encoder settings: again
+            todo.append((s, None))
         elif rec.get("extract_hash") == hashes["extract"]:
-            todo.append((s, rec))  # only motion thresholds changed: refilter the stored scores
+            todo.append((s, _as_prior(rec)))  # only motion thresholds changed: refilter the stored scores
         else:
             changed.append(s.source_id)  # encoder settings changed: every kept clip is encoded again
-            todo.append((s, rec))
+            todo.append((s, _as_prior(rec)))  # (an extraction error is retried)
     if changed and cfg.on_config_change == "error":
         raise ConfigChanged(
             f"{out} holds results of {len(changed)} source(s) made with a different config (analysis "
@@ -405,6 +414,14 @@ def plan(out: Path, sources: list[Source], hashes: dict, cfg: CurateConfig) -> t
             "sources with this config."
         )
     return done, todo, changed
+
+
+def _as_prior(rec: dict) -> dict:
+    """A record whose analysis stands, for a refilter: an extraction error's reason is not carried."""
+    if rec["status"] == "ok":
+        return rec
+    n = rec.get("corrupt_packets") or 0
+    return dict(rec, reason=f"{n} corrupt packet(s) skipped while decoding" if n else "")
 
 
 def _executor(cfg: CurateConfig):
@@ -446,7 +463,7 @@ def process_all(cfg: CurateConfig, out: Path, todo: list, hashes: dict, done: di
     """Run process_source over `todo` (completion order, progress bar); records land in `done`."""
 
     def on_crash(task: dict, msg: str) -> dict:  # timeout or a worker that kept dying: sealed
-        return seal(out, new_record(task["source"], hashes, status="error", reason=msg))
+        return seal(out, new_record(task["source"], hashes, status="error", reason=msg, crashed=True))
 
     tasks = (
         {"source": asdict(s), "cfg": cfg, "out": str(out), "hashes": hashes, "prior": prior}

@@ -361,3 +361,17 @@ def test_small_sets_still_get_a_held_out_source(synthetic_dir, tmp_path):
     assert list(got.values()).count("val") == 1 and len(got) >= 2
     curate(synthetic_dir, tmp_path / "b", "val_fraction=0")
     assert set(splits(tmp_path / "b").values()) == {"train"}
+
+
+def test_an_extraction_error_is_retried_when_the_encoder_settings_change(synthetic_dir, tmp_path):
+    """A source that failed while encoding (here a codec that does not exist) is not carried
+    forward under new encoder settings: fixing extract.codec encodes its clips."""
+    bad = curate(synthetic_dir, tmp_path, "extract.codec=no_such_codec")
+    assert bad["num_ok"] == 0
+    assert {r["status"] for r in rows(tmp_path, "sources")} - {"skipped"} == {"error"}
+    fixed = curate(synthetic_dir, tmp_path, "on_config_change=redo")
+    assert fixed["num_ok"] == 4
+    srcs = [r for r in rows(tmp_path, "sources") if r["status"] != "skipped"]
+    assert {r["status"] for r in srcs} == {"ok"} and not any("codec" in (r["reason"] or "") for r in srcs)
+    assert any(c["kept"] for c in rows(tmp_path, "clips"))
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_processed"] == 4
