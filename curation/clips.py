@@ -87,10 +87,14 @@ def resample_times(times: np.ndarray, rate: Fraction) -> np.ndarray:
     return np.clip(idx, 0, len(rel) - 2)
 
 
+TICK = 1e-3  # the coarsest common container clock (Matroska / WebM: 1 ms)
+
+
 def is_variable(times: np.ndarray) -> bool:
-    """Frame intervals (of frame start times and the end) differ by more than 2 %."""
+    """Frame intervals (of frame start times and the end) differ by more than 2 % and more than one
+    clock tick (as probe.py): 29.97 fps on a 1 ms clock (gaps of 33 and 34 ms) is constant."""
     gaps = np.diff(np.asarray(times, np.float64))
-    return bool(gaps.size > 1 and gaps.max() - gaps.min() > 0.02 * np.median(gaps))
+    return bool(gaps.size > 1 and gaps.max() - gaps.min() > max(0.02 * np.median(gaps), TICK * 1.001))
 
 
 def stretch_rate(t: np.ndarray, source_rate: Fraction) -> Fraction:
