@@ -239,3 +239,20 @@ def test_candidates_time_by_timestamps():
     times = np.concatenate([np.arange(20) / 25.0, 0.8 + np.arange(21) * 0.08])  # 25 fps, then 12.5 fps
     [c] = candidates("src", [], [], _luma(40), times, ClipsConfig(min_seconds=2.0))
     assert not c.dropped and (c.start, c.end) == (0, 40)
+
+
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ([0, 0.04, 0.04, 0.05, 0.12], [0, 0.04, 0.08, 0.12, 0.16]),  # repaired against the repaired time
+        ([0, 0.04, -5.0, 0.12, 0.16], [0, 0.04, 0.08, 0.12, 0.16]),  # one spike back
+        ([float("nan"), 0.04, float("inf"), 0.12], [0, 0.04, 0.08, 0.12]),
+        ([3.0, 3.04, 3.08], [0, 0.04, 0.08]),
+        ([5.0, 0.04, 0.08, 0.12], [0, 0.04, 0.08, 0.12]),  # a spike first: never negative
+    ],
+)
+def test_frame_times_always_increase(raw, want):
+    from curation.analysis import _frame_times
+
+    t = _frame_times(raw, 25.0)
+    assert np.allclose(t[:-1], want) and t[0] == 0 and np.all(np.diff(t) > 0)
