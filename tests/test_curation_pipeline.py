@@ -375,3 +375,29 @@ def test_an_extraction_error_is_retried_when_the_encoder_settings_change(synthet
     assert {r["status"] for r in srcs} == {"ok"} and not any("codec" in (r["reason"] or "") for r in srcs)
     assert any(c["kept"] for c in rows(tmp_path, "clips"))
     assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_processed"] == 4
+
+
+def test_an_edited_source_caption_shows_on_rerun(synthetic_dir, tmp_path):
+    """Editing a source's sidecar captions is noticed on rerun (record field caption_inputs):
+    clips.parquet and the shards carry the new text without decoding the source again."""
+    import shutil
+
+    v = json.loads((synthetic_dir / "manifest.json").read_text())["videos"][0]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in (v["file"], v["sidecar"]):
+        shutil.copy(synthetic_dir / name, raw / name)
+    out = tmp_path / "out"
+    curate(raw, out)
+    assert any(c["caption"] and c["caption_origin"] == "source" for c in rows(out, "clips") if c["kept"])
+    side = raw / v["sidecar"]
+    doc = json.loads(side.read_text())
+    for span in doc["captions"]:
+        span["caption"] = "edited: " + span["caption"]
+    side.write_text(json.dumps(doc))
+    curate(raw, out)
+    kept = [c for c in rows(out, "clips") if c["kept"]]
+    assert kept and all(c["caption"].startswith("edited: ") for c in kept)
+    assert json.loads((out / "report.json").read_text())["run"]["sources_processed"] == 0
+    texts = [s["txt"].decode() for _, s in samples(out).values()]
+    assert texts and all(t.startswith("edited: ") for t in texts)
