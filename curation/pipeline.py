@@ -343,6 +343,8 @@ def filter_and_extract(
     for mp4 in (wd / "clips").glob("*.mp4"):  # clips a tightened threshold no longer keeps
         if mp4.stem not in kept:
             mp4.unlink()
+    for tmp in (wd / "clips").glob("*.mp4.tmp"):  # half-written by a worker killed at its time limit
+        tmp.unlink(missing_ok=True)
     rec["clips"] = rows
 
 

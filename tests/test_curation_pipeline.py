@@ -401,3 +401,15 @@ def test_an_edited_source_caption_shows_on_rerun(synthetic_dir, tmp_path):
     assert json.loads((out / "report.json").read_text())["run"]["sources_processed"] == 0
     texts = [s["txt"].decode() for _, s in samples(out).values()]
     assert texts and all(t.startswith("edited: ") for t in texts)
+
+
+def test_half_written_clips_are_cleaned_up(synthetic_dir, tmp_path):
+    """A worker killed at its time limit leaves <key>.mp4.tmp behind; the source's next pass
+    (here a refilter) removes it."""
+    curate(synthetic_dir, tmp_path)
+    src = next(r for r in rows(tmp_path, "sources") if r["status"] == "ok")
+    stale = tmp_path / "work" / src["source_id"] / "clips" / "killed.mp4.tmp"
+    stale.write_bytes(b"half an mp4")
+    curate(synthetic_dir, tmp_path, "motion.fast_mean=0.9")
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_refiltered"] == 4
+    assert not stale.exists()
