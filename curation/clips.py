@@ -97,11 +97,27 @@ def is_variable(times: np.ndarray) -> bool:
     return bool(gaps.size > 1 and gaps.max() - gaps.min() > max(0.02 * np.median(gaps), TICK * 1.001))
 
 
+# rates a camera records at: an evenly spaced stretch within 0.5 % of one is taken to be at it
+COMMON_RATES = tuple(
+    Fraction(r)
+    for r in (12, 15, "24000/1001", 24, 25, "30000/1001", 30, 48, 50, "60000/1001", 60, 100, 120, 240)
+)
+
+
 def stretch_rate(t: np.ndarray, source_rate: Fraction) -> Fraction:
-    """The rate of an evenly spaced stretch of a variable-rate source (its median frame gap), not
-    the file's average rate: a 50 fps stretch of a 24 fps-average file plays at 50 fps."""
-    gap = float(np.median(np.diff(np.asarray(t, np.float64))))
-    return Fraction(1 / gap).limit_denominator(1001) if gap > 0 else source_rate
+    """The rate of an evenly spaced stretch of a variable-rate source, not the file's average
+    rate (a 50 fps stretch of a 24 fps-average file plays at 50 fps): a common camera rate within
+    0.5 % of its mean rate (the clock's rounding, e.g. 33 / 34 ms gaps at 29.97 fps on a 1 ms clock,
+    averages out), else 1 / its median frame gap as a fraction with denominator <= 1001."""
+    t = np.asarray(t, np.float64)
+    gap = float(np.median(np.diff(t)))
+    if gap <= 0 or t[-1] <= t[0]:
+        return source_rate
+    mean = (len(t) - 1) / float(t[-1] - t[0])
+    near = min(COMMON_RATES, key=lambda r: abs(float(r) - mean))
+    if abs(float(near) - mean) <= 0.005 * mean:
+        return near
+    return Fraction(1 / gap).limit_denominator(1001)
 
 
 def _plan_slots(

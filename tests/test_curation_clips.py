@@ -127,3 +127,13 @@ def test_constant_rate_on_a_millisecond_clock_is_not_variable(tmp_path):
     )
     assert not out.error and not out.variable_fps and out.num_frames == 50
     assert out.fps == pytest.approx(30000 / 1001, rel=1e-6)
+
+
+def test_stretch_rate_of_an_even_stretch():
+    from curation.clips import stretch_rate
+
+    avg = Fraction(24)
+    assert stretch_rate(np.arange(51) * 0.02, avg) == 50
+    ms = np.floor(np.arange(61) * 1000 * 1001 / 30000) / 1000  # 29.97 fps on a 1 ms clock
+    assert stretch_rate(ms, avg) == Fraction(30000, 1001)
+    assert stretch_rate(np.arange(31) / 37.0, avg) == 37  # no common rate: the gap's own
