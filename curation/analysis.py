@@ -38,12 +38,59 @@ LINEAR_K = 3  # linearity triples are (c - LINEAR_K, c, c + LINEAR_K): see curat
 MIN_RESPONSE = 0.3  # phase-correlation peaks weaker than this give no per-frame shift (NaN)
 TINY_SIDE = 16  # short side of the per-frame thumbnails kept for transition checks
 
+
+class ContentDetector(sd_detectors.ContentDetector):
+    """scenedetect's ContentDetector, its frame score computed in two OpenCV calls: the per-channel
+    mean |HSV difference| from cv2.absdiff + cv2.sumElems instead of cv2.split and three int32
+    copies per channel. Both sum the same integers exactly (in int64 / double, far below 2**53)
+    and divide by the same pixel count, so the scores and cuts are identical; ~4x cheaper per
+    frame (tests/test_curation_analysis.py compares cut lists with scenedetect.detect()). With
+    edge detection or a stats manager it runs scenedetect's own code."""
+
+    _last_hsv = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        if self._weights.delta_edges > 0.0 or self.stats_manager is not None:
+            return super()._calculate_frame_score(timecode, frame_img)
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)  # (h, w, 3) uint8
+        last, self._last_hsv = self._last_hsv, hsv
+        if last is None:
+            return 0.0
+        n = float(hsv.shape[0] * hsv.shape[1])
+        hue, sat, lum, _ = cv2.sumElems(cv2.absdiff(hsv, last))
+        components = (hue / n, sat / n, lum / n, 0.0)  # scenedetect's Components order, no edges
+        weights = self._weights
+        return sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
+
+
+class _MeanView(np.ndarray):
+    """A view of a uint8 frame whose plain mean() is exact and one OpenCV call: the channel sums
+    (cv2.sumElems, exact integers in double) over the element count, the value numpy's float64
+    pairwise sum gives for uint8 (every partial sum is an integer below 2**53)."""
+
+    def mean(self, axis=None, dtype=None, out=None, **kwargs):
+        if axis is None and dtype is None and out is None and not kwargs and self.dtype == np.uint8:
+            if self.ndim == 2 or (self.ndim == 3 and self.shape[2] <= 4):
+                return np.float64(sum(cv2.sumElems(self.view(np.ndarray))) / self.size)
+        return super().mean(axis=axis, dtype=dtype, out=out, **kwargs)
+
+
+class ThresholdDetector(sd_detectors.ThresholdDetector):
+    """scenedetect's ThresholdDetector; its per-frame numpy.mean(frame) (which defers to the
+    array's own mean() for an ndarray subclass) is computed by _MeanView: identical value."""
+
+    def process_frame(self, timecode: FrameTimecode, frame_img: np.ndarray) -> list:
+        if isinstance(frame_img, np.ndarray):
+            frame_img = frame_img.view(_MeanView)
+        return super().process_frame(timecode, frame_img)
+
+
 DETECTORS = {
-    "content": sd_detectors.ContentDetector,
+    "content": ContentDetector,
     "adaptive": sd_detectors.AdaptiveDetector,
     "hash": sd_detectors.HashDetector,
     "histogram": sd_detectors.HistogramDetector,
-    "threshold": sd_detectors.ThresholdDetector,
+    "threshold": ThresholdDetector,
 }
 
 
@@ -110,16 +157,24 @@ def iter_frames(path: str, *, threads: int = 1, stats: DecodeStats | None = None
         rate = Fraction(rate.numerator, rate.denominator)
         start_time = stream.start_time or 0
         index = 0
+        # the rate as a FrameTimecode: scenedetect takes its validated rate as is, rather than
+        # checking `rate` again for every frame; the time base and start offset are converted
+        # once per time base (the same values as per frame, a fifth of the Python work)
+        rate_tc = FrameTimecode(0, fps=rate)
+        frame_tb, tb, start = None, None, 0
 
         def wrap(frame: av.VideoFrame) -> Decoded:
+            nonlocal frame_tb, tb, start
             if frame.pts is None or not frame.time_base:
-                tc = FrameTimecode(index, fps=rate)
+                tc = FrameTimecode(index, fps=rate_tc)
             else:
-                tb = Fraction(frame.time_base.numerator, frame.time_base.denominator)
-                start = start_time
-                if start and stream.time_base != frame.time_base:
-                    start = int(start * Fraction(stream.time_base) / tb)
-                tc = FrameTimecode(timecode=Timecode(pts=frame.pts - start, time_base=tb), fps=rate)
+                if frame.time_base != frame_tb:
+                    frame_tb = frame.time_base
+                    tb = Fraction(frame_tb.numerator, frame_tb.denominator)
+                    start = start_time
+                    if start and stream.time_base != frame_tb:
+                        start = int(start * Fraction(stream.time_base) / tb)
+                tc = FrameTimecode(timecode=Timecode(pts=frame.pts - start, time_base=tb), fps=rate_tc)
             return Decoded(index, frame, tc)
 
         packets = container.demux(stream)
@@ -167,6 +222,7 @@ class Analysis:
     shift_dy: np.ndarray = None  # (NaN for frame 0 and where phase correlation found no clear peak)
     kept: dict[int, bytes] = field(default_factory=dict)  # frame index -> JPEG (RGB, rotated)
     frame_pts: list = field(default_factory=list)  # raw pts of every frame index (None if absent)
+    key_frames: list = field(default_factory=list)  # indices of the frames decoded as key frames
     corrupt_packets: int = 0
     detector_size: tuple[int, int] = (0, 0)
 
@@ -202,13 +258,15 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     diffs, luma, flow_index, flow_mag, shift_mag, kept, frame_pts = [], [], [], [], [], {}, []
     shift_dx, shift_dy, times, tiny, recent = {}, {}, [], [], []
     lin_ratio, lin_diff = {}, {}  # centre frame index -> linearity of its triple
-    cuts, pts_to_index = [], {}
+    cuts, pts_to_index, key_frames = [], {}, []
     prev_gray = None
     det_wh = small_wh = None
     last_tc = None
     scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
         frame_pts.append(d.frame.pts)
+        if d.frame.key_frame:
+            key_frames.append(d.index)
         times.append(float(d.timecode.seconds))
         if det_wh is None:
             w, h = d.frame.width, d.frame.height
@@ -295,6 +353,7 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
         times=_frame_times(times, fps),
         kept=kept,
         frame_pts=frame_pts,
+        key_frames=key_frames,
         corrupt_packets=stats.corrupt_packets,
         detector_size=det_wh or (0, 0),
     )

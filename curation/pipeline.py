@@ -233,7 +233,7 @@ def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> l
     rec["caption_inputs"] = spans_hash(spans)
     (wd / "frames").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    frames = {"pts": a.frame_pts, "times": a.times.tolist()}
+    frames = {"pts": a.frame_pts, "times": a.times.tolist(), "key_frames": a.key_frames}
     write_atomic(wd / "frame_pts.json", json.dumps(frames))  # a later refilter may extract
     rec["candidates"] = [candidate_row(c, src, info, a, spans, cfg, out, wd) for c in cands]
     return frames
@@ -368,6 +368,7 @@ def extract_clips(
         threads=cfg.analysis.threads,
         frame_pts=frame_pts["pts"],
         frame_times=np.asarray(frame_pts["times"], np.float64),
+        key_frames=frame_pts.get("key_frames"),  # absent in records written before they were kept
     )
     by_key = {r.key: r for r in results}
     for row in rows:

@@ -256,3 +256,31 @@ def test_frame_times_always_increase(raw, want):
 
     t = _frame_times(raw, 25.0)
     assert np.allclose(t[:-1], want) and t[0] == 0 and np.all(np.diff(t) > 0)
+
+
+def test_fast_detector_scores_equal_scenedetect_frame_by_frame():
+    """Our ContentDetector / ThresholdDetector compute scenedetect's per-frame values with cheaper
+    OpenCV calls: the values must be identical (not close), for any weights."""
+    import numpy as np
+    from scenedetect.common import FrameTimecode
+
+    from curation.analysis import ContentDetector, ThresholdDetector, _MeanView, make_detectors
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (72, 128, 3), dtype=np.uint8) for _ in range(6)]
+    frames += [np.clip(frames[-1] + rng.integers(-4, 5, frames[-1].shape), 0, 255).astype(np.uint8)] * 3
+    frames += [np.full((72, 128, 3), k, np.uint8) for k in (0, 11, 12, 40)]  # through the fade threshold
+    for kwargs in ({}, {"luma_only": True}, {"weights": sd.ContentDetector.Components(1.0, 0.25, 2.0, 0.0)}):
+        ours, ref = ContentDetector(**kwargs), sd.ContentDetector(**kwargs)
+        for i, f in enumerate(frames):
+            tc = FrameTimecode(i, fps=25.0)
+            assert ours._calculate_frame_score(tc, f) == ref._calculate_frame_score(tc, f), (kwargs, i)
+    ours, ref = ThresholdDetector(), sd.ThresholdDetector()
+    for i, f in enumerate(frames):
+        tc = FrameTimecode(i, fps=25.0)
+        assert ours.process_frame(tc, f) == ref.process_frame(tc, f)
+    for shape in ((144, 256, 3), (61, 97, 3), (5, 7)):
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert np.mean(x.view(_MeanView)) == np.mean(x) and type(np.mean(x.view(_MeanView))) is np.float64
+    types = [type(d) for d in make_detectors(AnalysisConfig(detectors=["content", "threshold"]))]
+    assert types == [ContentDetector, ThresholdDetector]

@@ -137,3 +137,54 @@ def test_stretch_rate_of_an_even_stretch():
     ms = np.floor(np.arange(61) * 1000 * 1001 / 30000) / 1000  # 29.97 fps on a 1 ms clock
     assert stretch_rate(ms, avg) == Fraction(30000, 1001)
     assert stretch_rate(np.arange(31) / 37.0, avg) == 37  # no common rate: the gap's own
+
+
+def test_verification_counts_what_the_file_holds(source, tmp_path):
+    """Written clips are checked by their packet count (+ first frame decoded): it equals a full
+    decode's count, and a file holding fewer frames than the clip claims is an error."""
+    from curation.clips import _verify, count_frames, held_frames
+
+    path, v = source
+    rate = Fraction(v["fps_fraction"])
+    specs = [ClipSpec(f"k{i}", s, s + 23 + i, str(tmp_path / f"k{i}.mp4")) for i, s in enumerate((0, 31, 70))]
+    for cfg in (ExtractConfig(), ExtractConfig(codec="mpeg4"), ExtractConfig(fps=12.0)):
+        for r, spec in zip(extract(str(path), specs, source_rate=rate, rotation=0, cfg=cfg), specs):
+            assert not r.error and held_frames(spec.path) == count_frames(spec.path) == r.num_frames
+    spec, n = specs[0], count_frames(specs[0].path)  # a writer that claims one frame more than it wrote
+    w = type("W", (), {"count": n + 1, "rate": rate, "size": (v["width"], v["height"])})()
+    r = _verify(ClipSpec("k0", 0, n + 1, spec.path), w, n + 1, np.arange(200) / float(rate), False)
+    assert r.error == f"frame count mismatch: wrote {n + 1}, file holds {n}, expected {n + 1}", r.error
+    assert not (tmp_path / "k0.mp4").exists()  # a clip that fails verification is removed
+
+
+def test_seeking_at_key_frames_writes_the_same_bytes(source, tmp_path):
+    """With the analysis pass's key frames, extraction seeks to a key frame inside any gap between
+    clips (short gaps included) and decodes through only when there is none: same bytes."""
+    from curation.clips import _segments
+
+    path, v = source
+    a = analyze(str(path), AnalysisConfig(), fps=v["fps"])
+    assert a.key_frames[0] == 0 and len(a.key_frames) > 1
+    k = a.key_frames[1]
+    spans = [(0, k - 5), (k, k + 12), (k + 14, k + 20)]  # a 5-frame gap holding key frame k, then none
+    specs = {
+        name: [ClipSpec(f"c{i}", s, e, str(tmp_path / f"{name}{i}.mp4")) for i, (s, e) in enumerate(spans)]
+        for name in ("keys", "seq")
+    }
+    final = {f"c{i}": e - 1 for i, (s, e) in enumerate(spans)}
+    assert _segments(specs["keys"], final, 1 << 62, a.key_frames) == [(0, k - 6), (k, k + 19)]
+    assert _segments(specs["keys"], final, 1 << 62) == [(0, k + 19)]
+    rate, cfg = Fraction(v["fps_fraction"]), ExtractConfig(preset="ultrafast")
+    out = extract(
+        str(path),
+        specs["keys"],
+        source_rate=rate,
+        rotation=0,
+        cfg=cfg,
+        frame_pts=a.frame_pts,
+        key_frames=a.key_frames,
+    )
+    ref = extract(str(path), specs["seq"], source_rate=rate, rotation=0, cfg=cfg, frame_pts=None)
+    for r1, r2, c1, c2 in zip(out, ref, specs["keys"], specs["seq"]):
+        assert not r1.error and r1.num_frames == r2.num_frames == c1.end - c1.start
+        assert open(c1.path, "rb").read() == open(c2.path, "rb").read()
