@@ -390,10 +390,14 @@ def _frame_times(times: list, fps: float) -> np.ndarray:
     t = np.asarray(times, np.float64)
     if t.size == 0:
         return np.zeros(1)
+    if not np.isfinite(t[0]):
+        t[0] = 0.0
     bad = ~np.isfinite(t)
     bad[1:] |= t[1:] <= t[:-1]  # missing or non-increasing (corrupt) timestamps
-    for i in np.flatnonzero(bad):
-        t[i] = t[i - 1] + 1.0 / fps if i else 0.0
+    if bad.any():  # one pass against the repaired previous time: the result always increases
+        for i in range(max(1, int(np.argmax(bad))), t.size):
+            if not math.isfinite(t[i]) or t[i] <= t[i - 1]:
+                t[i] = t[i - 1] + 1.0 / fps
     t -= t[0]
     step = float(t[-1] - t[-2]) if t.size > 1 else 1.0 / fps
     return np.append(t, t[-1] + step)

@@ -26,8 +26,9 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
             continue
         if cap_path.exists():
             done = json.loads(cap_path.read_text())
-            if done.get("config_hash") == chash and not done.get("failed"):
-                continue  # captioned before (a failed attempt is retried)
+            same_inputs = done.get("caption_inputs", rec.get("caption_inputs")) == rec.get("caption_inputs")
+            if done.get("config_hash") == chash and same_inputs and not done.get("failed"):
+                continue  # captioned before (a failed attempt, or an edited source caption, is redone)
         todo.append((rec, kept))
     if not todo:
         return
@@ -71,6 +72,7 @@ def caption_sources(records: list[dict], cfg: CurateConfig, out: Path, chash: st
         # load no model at all) still knows whether the CLIP weights were random
         doc = {
             "config_hash": chash,
+            "caption_inputs": rec.get("caption_inputs"),  # the source's own captions it was given
             "clips": caps,
             "errors": errors,
             "failed": failed,

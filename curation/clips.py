@@ -88,27 +88,60 @@ def resample_times(times: np.ndarray, rate: Fraction) -> np.ndarray:
     return np.clip(idx, 0, len(rel) - 2)
 
 
+TICK = 1e-3  # the coarsest common container clock (Matroska / WebM: 1 ms)
+
+
 def is_variable(times: np.ndarray) -> bool:
-    """Frame intervals (of frame start times and the end) differ by more than 2 %."""
+    """Frame intervals (of frame start times and the end) differ by more than 2 % and more than one
+    clock tick (as probe.py): 29.97 fps on a 1 ms clock (gaps of 33 and 34 ms) is constant."""
     gaps = np.diff(np.asarray(times, np.float64))
-    return bool(gaps.size > 1 and gaps.max() - gaps.min() > 0.02 * np.median(gaps))
+    return bool(gaps.size > 1 and gaps.max() - gaps.min() > max(0.02 * np.median(gaps), TICK * 1.001))
 
 
-def _plan_slots(spec: ClipSpec, times: np.ndarray, rate: Fraction, cfr: bool) -> tuple[dict, Fraction]:
-    """({source frame: [output timestamps]}, their time base) of one clip: resampled to `rate`
-    (cfr), each frame once at 1 / rate (source timing, even intervals), or each frame once at its
-    own time (source timing of a variable-rate stretch)."""
+# rates a camera records at: an evenly spaced stretch within 0.5 % of one is taken to be at it
+COMMON_RATES = tuple(
+    Fraction(r)
+    for r in (12, 15, "24000/1001", 24, 25, "30000/1001", 30, 48, 50, "60000/1001", 60, 100, 120, 240)
+)
+
+
+def stretch_rate(t: np.ndarray, source_rate: Fraction) -> Fraction:
+    """The rate of an evenly spaced stretch of a variable-rate source, not the file's average
+    rate (a 50 fps stretch of a 24 fps-average file plays at 50 fps): a common camera rate within
+    0.5 % of its mean rate (the clock's rounding, e.g. 33 / 34 ms gaps at 29.97 fps on a 1 ms clock,
+    averages out), else 1 / its median frame gap as a fraction with denominator <= 1001."""
+    t = np.asarray(t, np.float64)
+    gap = float(np.median(np.diff(t)))
+    if gap <= 0 or t[-1] <= t[0]:
+        return source_rate
+    mean = (len(t) - 1) / float(t[-1] - t[0])
+    near = min(COMMON_RATES, key=lambda r: abs(float(r) - mean))
+    if abs(float(near) - mean) <= 0.005 * mean:
+        return near
+    return Fraction(1 / gap).limit_denominator(1001)
+
+
+def _plan_slots(
+    spec: ClipSpec, times: np.ndarray, rate: Fraction, cfr: bool, vfr_source: bool = False
+) -> tuple[dict, Fraction, Fraction]:
+    """({source frame: [output timestamps]}, their time base, the clip's rate) of one clip:
+    resampled to `rate` (cfr), each frame once at 1 / rate (source timing, even intervals; for a
+    variable-rate source the stretch's own rate), or each frame once at its own time (source
+    timing of a variable-rate stretch)."""
     t = times[spec.start : spec.end + 1]
     slots: dict[int, list[int]] = {}
     if cfr:
         for k, off in enumerate(resample_times(t, rate)):
             slots.setdefault(spec.start + int(off), []).append(k)
-        return slots, 1 / rate
+        return slots, 1 / rate, rate
     if not is_variable(t):
-        return {spec.start + k: [k] for k in range(spec.end - spec.start)}, 1 / rate
-    return {
-        spec.start + k: [round((t[k] - t[0]) / TIME_BASE)] for k in range(spec.end - spec.start)
-    }, TIME_BASE
+        own = stretch_rate(t, rate) if vfr_source else rate
+        return {spec.start + k: [k] for k in range(spec.end - spec.start)}, 1 / own, own
+    return (
+        {spec.start + k: [round((t[k] - t[0]) / TIME_BASE)] for k in range(spec.end - spec.start)},
+        TIME_BASE,
+        rate,
+    )
 
 
 class _Writer:
@@ -213,9 +246,10 @@ def extract(
     rate = output_rate(source_rate, cfg)
     plan = {}  # source frame index -> [(spec, output timestamps)]
     final = {}  # key -> last source frame the clip uses
-    expected, time_base = {}, {}
+    expected, time_base, clip_rate = {}, {}, {}
+    vfr_source = is_variable(times)
     for spec in specs:
-        slots, time_base[spec.key] = _plan_slots(spec, times, rate, cfr)
+        slots, time_base[spec.key], clip_rate[spec.key] = _plan_slots(spec, times, rate, cfr, vfr_source)
         final[spec.key] = max(slots)
         expected[spec.key] = sum(len(v) for v in slots.values())
         for index, ts in sorted(slots.items()):
@@ -237,7 +271,9 @@ def extract(
                     w = writers.get(spec.key)
                     if w is None:
                         size = output_size(fw, fh, cfg)
-                        w = writers[spec.key] = _Writer(spec, rate, size, cfg, time_base[spec.key])
+                        w = writers[spec.key] = _Writer(
+                            spec, clip_rate[spec.key], size, cfg, time_base[spec.key]
+                        )
                     w.write(frame, slots, rotation)
                     if index == final[spec.key]:
                         w.close()

@@ -343,7 +343,7 @@ def analysis_hash(cfg: CurateConfig) -> str:
     d = _outputs(cfg)
     stage = {k: d[k] for k in ANALYSIS_KEYS}
     stage["kept_frames"] = {  # the frames kept for captioning and dedup are part of the record
-        "caption": d["caption"]["enabled"],
+        # (kept whether captioning is on or not: caption.enabled is no part of the analysis)
         "frames_per_clip": d["caption"]["frames_per_clip"],
         "dedup": d["dedup"]["enabled"],
     }

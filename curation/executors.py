@@ -43,7 +43,7 @@ def _schedule(pool, tasks: Iterable, *, timeout_s: float, retries: int, on_error
     """Feed `tasks` to `pool`'s workers one at a time each; yield results as they complete.
 
     `pool` provides: `slots` (worker ids), `ready_slots()` (ids able to take a task now),
-    `send(slot, task)`, `poll(slots, timeout) -> [(slot, kind, value)]` with kind in
+    `send(slot, task)` (False: the worker was gone, the task not sent), `poll(slots, timeout) -> [(slot, kind, value)]` with kind in
     ok / failed / died, and `replace(slot)` (kill the worker, start a fresh one).
     """
     todo = iter(tasks)
@@ -64,7 +64,9 @@ def _schedule(pool, tasks: Iterable, *, timeout_s: float, retries: int, on_error
                     continue
             else:
                 continue
-            pool.send(slot, task)
+            if pool.send(slot, task) is False:  # that worker had died idle: not an attempt
+                again.appendleft((task, attempts))
+                continue
             busy[slot] = (task, attempts, time.monotonic() + timeout_s if timeout_s > 0 else None)
         if not busy:
             if exhausted and not again:
@@ -139,10 +141,11 @@ def _die_with_parent() -> None:
 class _Processes:
     """`n` spawned processes (no inherited threads or CUDA state), one pipe each."""
 
-    def __init__(self, fn: Callable, n: int):
+    def __init__(self, fn: Callable, n: int, restarts: int = 1):
         self.fn, self.ctx = fn, multiprocessing.get_context("spawn")
         self.slots = list(range(n))
         self.procs, self.conns, self.ready = {}, {}, set()
+        self.restarts, self.start_failures = max(1, restarts), dict.fromkeys(self.slots, 0)
         for i in self.slots:
             self._start(i)
 
@@ -155,10 +158,21 @@ class _Processes:
         self.ready.discard(i)
 
     def ready_slots(self) -> list:
+        for i in [i for i in self.ready if not self.procs[i].is_alive()]:
+            self.replace(i)  # it returned its last result, then died: a fresh one (ready later)
         return sorted(self.ready)
 
-    def send(self, slot, task) -> None:
-        self.conns[slot].send(task)
+    def send(self, slot, task) -> bool:
+        """False (and a fresh worker starting) when the worker died while idle: the task never
+        reached it. A death after this check shows in poll (the task is retried)."""
+        if self.procs[slot].is_alive():
+            try:
+                self.conns[slot].send(task)
+                return True
+            except OSError:  # BrokenPipeError: it died just now
+                pass
+        self.replace(slot)
+        return False
 
     def poll(self, busy: list, timeout: float | None) -> list:
         starting = [i for i in self.slots if i not in self.ready]
@@ -166,11 +180,12 @@ class _Processes:
         for i in set(busy) | set(starting):
             watch[self.conns[i]] = i
             watch[self.procs[i].sentinel] = i
-        out = []
+        out, seen = [], set()
         for obj in wait_ready(list(watch), timeout):
             i = watch[obj]
-            if any(o[0] == i for o in out):
+            if i in seen:  # its pipe and its sentinel both fired: one event
                 continue
+            seen.add(i)
             conn = self.conns[i]
             if conn.poll():
                 try:
@@ -181,10 +196,14 @@ class _Processes:
                 kind, value = "died", self._death(i)
             if kind == "ready":
                 self.ready.add(i)
+                self.start_failures[i] = 0
             elif i in busy:
                 out.append((i, kind, value))
-            elif kind == "died":  # died while starting (e.g. the fn cannot be imported there)
-                raise RuntimeError(f"a worker process failed to start: {value}")
+            elif kind == "died":  # died while starting: retried, unless it keeps failing (the fn
+                self.start_failures[i] += 1  # cannot be imported there, say)
+                if self.start_failures[i] > self.restarts:
+                    raise RuntimeError(f"a worker process failed to start: {value}")
+                self.replace(i)
         return out
 
     def _death(self, i: int) -> str:
@@ -230,7 +249,7 @@ def run_local(
         return
     if size == 0:
         return
-    pool = _Processes(fn, min(workers, size))
+    pool = _Processes(fn, min(workers, size), restarts=retries)
     try:
         yield from _schedule(pool, tasks, timeout_s=timeout_s, retries=retries, on_error=on_crash)
     finally:

@@ -21,6 +21,7 @@ Every input gets a sources row and every candidate clip a clips row, whatever ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -75,6 +76,25 @@ def source_caption_spans(path: str, csv_caption: str | None) -> list[dict]:
     return []
 
 
+def spans_hash(spans: list[dict]) -> str:
+    """Hash of a source's own captions (record field `caption_inputs`): an edited sidecar or csv
+    caption is noticed on rerun."""
+    return hashlib.sha256(json.dumps(spans, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def refresh_source_captions(rec: dict, src: Source) -> bool:
+    """Re-read the source's own captions onto rec's candidate and clip rows if they changed since
+    it was sealed (no decode: they map frames to text). True if rec changed."""
+    spans = source_caption_spans(src.path, src.caption)
+    h = spans_hash(spans)
+    if rec.get("caption_inputs") == h:
+        return False
+    for row in [*rec.get("candidates", []), *rec.get("clips", [])]:
+        row["source_caption"] = caption_for(spans, row["start_frame"], row["end_frame"])
+    rec["caption_inputs"] = h
+    return True
+
+
 def caption_for(spans: list[dict], start: int, end: int) -> str | None:
     """The source caption overlapping [start, end) the most."""
     best, best_overlap = None, 0
@@ -119,6 +139,7 @@ def new_record(source: dict, hashes: dict, status: str = "ok", reason: str = "",
         "corrupt_packets": 0,
         "candidates": [],  # every candidate clip with its scores, before the motion filter
         "clips": [],  # the candidates after the motion filter and extraction: clips.parquet rows
+        "caption_inputs": None,  # spans_hash of the source's own captions (sidecar / csv column)
         "elapsed_s": None,
     }
     rec.update(fields)
@@ -164,7 +185,7 @@ def process_source(task: dict) -> dict:
     prior = task.get("prior")
     try:
         if prior:  # same analysis settings: its candidates and scores stand, nothing is decoded for them
-            rec.update({k: prior[k] for k in ANALYSIS_FIELDS})
+            rec.update({k: prior[k] for k in ANALYSIS_FIELDS}, caption_inputs=prior.get("caption_inputs"))
             frame_pts = None
         else:
             frame_pts = analyse(src, cfg, out, wd, rec)
@@ -209,6 +230,7 @@ def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> l
     cands = candidates(src.source_id, a.cuts, transitions, a.luma, a.times, cfg.clips)
     rec["num_scenes"] = len(a.cuts) + 1
     spans = source_caption_spans(src.path, src.caption)
+    rec["caption_inputs"] = spans_hash(spans)
     (wd / "frames").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     frames = {"pts": a.frame_pts, "times": a.times.tolist(), "key_frames": a.key_frames}
@@ -321,6 +343,8 @@ def filter_and_extract(
     for mp4 in (wd / "clips").glob("*.mp4"):  # clips a tightened threshold no longer keeps
         if mp4.stem not in kept:
             mp4.unlink()
+    for tmp in (wd / "clips").glob("*.mp4.tmp"):  # half-written by a worker killed at its time limit
+        tmp.unlink(missing_ok=True)
     rec["clips"] = rows
 
 
@@ -387,17 +411,26 @@ def plan(out: Path, sources: list[Source], hashes: dict, cfg: CurateConfig) -> t
         elif cfg.retry_errors and rec["status"] == "error":
             todo.append((s, None))
         elif rec.get("config_hash") == hashes["source"]:
-            done[s.source_id] = rec
+            done[s.source_id] = seal(out, rec) if refresh_source_captions(rec, s) else rec
         elif rec.get("analysis_hash") != hashes["analysis"]:
             changed.append(s.source_id)
             todo.append((s, None))
-        elif rec["status"] != "ok":  # failed before the motion filter: a new threshold changes nothing
+        elif (
+            rec["status"] != "ok"
+            and (
+                not rec.get("candidates")
+                and (not rec.get("crashed") or rec.get("extract_hash") == hashes["extract"])
+            )
+        ):  # failed before extraction (probe, decode, no candidates): a new threshold or encoder changes nothing
             done[s.source_id] = dict(rec, config_hash=hashes["source"], extract_hash=hashes["extract"])
+        elif rec["status"] != "ok" and not rec.get("candidates"):
+            changed.append(s.source_id)  # a timeout or dead worker under other encoder settings: again
+            todo.append((s, None))
         elif rec.get("extract_hash") == hashes["extract"]:
-            todo.append((s, rec))  # only motion thresholds changed: refilter the stored scores
+            todo.append((s, _as_prior(rec, s)))  # only motion thresholds changed: refilter the stored scores
         else:
             changed.append(s.source_id)  # encoder settings changed: every kept clip is encoded again
-            todo.append((s, rec))
+            todo.append((s, _as_prior(rec, s)))  # (an extraction error is retried)
     if changed and cfg.on_config_change == "error":
         raise ConfigChanged(
             f"{out} holds results of {len(changed)} source(s) made with a different config (analysis "
@@ -406,6 +439,16 @@ def plan(out: Path, sources: list[Source], hashes: dict, cfg: CurateConfig) -> t
             "sources with this config."
         )
     return done, todo, changed
+
+
+def _as_prior(rec: dict, src: Source) -> dict:
+    """A record whose analysis stands, for a refilter (with the source's current own captions): an
+    extraction error's reason is not carried."""
+    refresh_source_captions(rec, src)
+    if rec["status"] == "ok":
+        return rec
+    n = rec.get("corrupt_packets") or 0
+    return dict(rec, reason=f"{n} corrupt packet(s) skipped while decoding" if n else "")
 
 
 def _executor(cfg: CurateConfig):
@@ -447,7 +490,7 @@ def process_all(cfg: CurateConfig, out: Path, todo: list, hashes: dict, done: di
     """Run process_source over `todo` (completion order, progress bar); records land in `done`."""
 
     def on_crash(task: dict, msg: str) -> dict:  # timeout or a worker that kept dying: sealed
-        return seal(out, new_record(task["source"], hashes, status="error", reason=msg))
+        return seal(out, new_record(task["source"], hashes, status="error", reason=msg, crashed=True))
 
     tasks = (
         {"source": asdict(s), "cfg": cfg, "out": str(out), "hashes": hashes, "prior": prior}

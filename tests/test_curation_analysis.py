@@ -241,6 +241,23 @@ def test_candidates_time_by_timestamps():
     assert not c.dropped and (c.start, c.end) == (0, 40)
 
 
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ([0, 0.04, 0.04, 0.05, 0.12], [0, 0.04, 0.08, 0.12, 0.16]),  # repaired against the repaired time
+        ([0, 0.04, -5.0, 0.12, 0.16], [0, 0.04, 0.08, 0.12, 0.16]),  # one spike back
+        ([float("nan"), 0.04, float("inf"), 0.12], [0, 0.04, 0.08, 0.12]),
+        ([3.0, 3.04, 3.08], [0, 0.04, 0.08]),
+        ([5.0, 0.04, 0.08, 0.12], [0, 0.04, 0.08, 0.12]),  # a spike first: never negative
+    ],
+)
+def test_frame_times_always_increase(raw, want):
+    from curation.analysis import _frame_times
+
+    t = _frame_times(raw, 25.0)
+    assert np.allclose(t[:-1], want) and t[0] == 0 and np.all(np.diff(t) > 0)
+
+
 def test_fast_detector_scores_equal_scenedetect_frame_by_frame():
     """Our ContentDetector / ThresholdDetector compute scenedetect's per-frame values with cheaper
     OpenCV calls: the values must be identical (not close), for any weights."""

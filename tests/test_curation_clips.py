@@ -97,6 +97,48 @@ def test_rotation_is_applied(tmp_path):
     assert not r.error and (r.width, r.height) == (48, 64) and r.num_frames == 12
 
 
+def test_constant_rate_on_a_millisecond_clock_is_not_variable(tmp_path):
+    """29.97 fps in Matroska (1 ms time base: gaps alternate 33 / 34 ms) is constant-rate: its
+    clip is written evenly at 30000/1001 fps and stated so."""
+    from curation.clips import is_variable
+
+    path = tmp_path / "a.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(30000, 1001))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(60):
+            img = np.full((48, 64, 3), (i * 4) % 256, np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(s.encode())
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].time_base == Fraction(1, 1000)
+    info = probe(str(path))
+    a = analyze(str(path), AnalysisConfig(), fps=info.fps)
+    assert set(np.round(np.diff(a.times[:-1]) * 1000).astype(int)) == {33, 34}
+    assert not info.variable_fps and not is_variable(a.times)
+    [out] = extract(
+        str(path),
+        [ClipSpec("k", 5, 55, str(tmp_path / "k.mp4"))],
+        source_rate=info.rate,
+        rotation=0,
+        cfg=ExtractConfig(preset="ultrafast"),
+        frame_pts=a.frame_pts,
+        frame_times=a.times,
+    )
+    assert not out.error and not out.variable_fps and out.num_frames == 50
+    assert out.fps == pytest.approx(30000 / 1001, rel=1e-6)
+
+
+def test_stretch_rate_of_an_even_stretch():
+    from curation.clips import stretch_rate
+
+    avg = Fraction(24)
+    assert stretch_rate(np.arange(51) * 0.02, avg) == 50
+    ms = np.floor(np.arange(61) * 1000 * 1001 / 30000) / 1000  # 29.97 fps on a 1 ms clock
+    assert stretch_rate(ms, avg) == Fraction(30000, 1001)
+    assert stretch_rate(np.arange(31) / 37.0, avg) == 37  # no common rate: the gap's own
+
+
 def test_verification_counts_what_the_file_holds(source, tmp_path):
     """Written clips are checked by their packet count (+ first frame decoded): it equals a full
     decode's count, and a file holding fewer frames than the clip claims is an error."""

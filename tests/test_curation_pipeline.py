@@ -361,3 +361,55 @@ def test_small_sets_still_get_a_held_out_source(synthetic_dir, tmp_path):
     assert list(got.values()).count("val") == 1 and len(got) >= 2
     curate(synthetic_dir, tmp_path / "b", "val_fraction=0")
     assert set(splits(tmp_path / "b").values()) == {"train"}
+
+
+def test_an_extraction_error_is_retried_when_the_encoder_settings_change(synthetic_dir, tmp_path):
+    """A source that failed while encoding (here a codec that does not exist) is not carried
+    forward under new encoder settings: fixing extract.codec encodes its clips."""
+    bad = curate(synthetic_dir, tmp_path, "extract.codec=no_such_codec")
+    assert bad["num_ok"] == 0
+    assert {r["status"] for r in rows(tmp_path, "sources")} - {"skipped"} == {"error"}
+    fixed = curate(synthetic_dir, tmp_path, "on_config_change=redo")
+    assert fixed["num_ok"] == 4
+    srcs = [r for r in rows(tmp_path, "sources") if r["status"] != "skipped"]
+    assert {r["status"] for r in srcs} == {"ok"} and not any("codec" in (r["reason"] or "") for r in srcs)
+    assert any(c["kept"] for c in rows(tmp_path, "clips"))
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_processed"] == 4
+
+
+def test_an_edited_source_caption_shows_on_rerun(synthetic_dir, tmp_path):
+    """Editing a source's sidecar captions is noticed on rerun (record field caption_inputs):
+    clips.parquet and the shards carry the new text without decoding the source again."""
+    import shutil
+
+    v = json.loads((synthetic_dir / "manifest.json").read_text())["videos"][0]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in (v["file"], v["sidecar"]):
+        shutil.copy(synthetic_dir / name, raw / name)
+    out = tmp_path / "out"
+    curate(raw, out)
+    assert any(c["caption"] and c["caption_origin"] == "source" for c in rows(out, "clips") if c["kept"])
+    side = raw / v["sidecar"]
+    doc = json.loads(side.read_text())
+    for span in doc["captions"]:
+        span["caption"] = "edited: " + span["caption"]
+    side.write_text(json.dumps(doc))
+    curate(raw, out)
+    kept = [c for c in rows(out, "clips") if c["kept"]]
+    assert kept and all(c["caption"].startswith("edited: ") for c in kept)
+    assert json.loads((out / "report.json").read_text())["run"]["sources_processed"] == 0
+    texts = [s["txt"].decode() for _, s in samples(out).values()]
+    assert texts and all(t.startswith("edited: ") for t in texts)
+
+
+def test_half_written_clips_are_cleaned_up(synthetic_dir, tmp_path):
+    """A worker killed at its time limit leaves <key>.mp4.tmp behind; the source's next pass
+    (here a refilter) removes it."""
+    curate(synthetic_dir, tmp_path)
+    src = next(r for r in rows(tmp_path, "sources") if r["status"] == "ok")
+    stale = tmp_path / "work" / src["source_id"] / "clips" / "killed.mp4.tmp"
+    stale.write_bytes(b"half an mp4")
+    curate(synthetic_dir, tmp_path, "motion.fast_mean=0.9")
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["sources_refiltered"] == 4
+    assert not stale.exists()

@@ -111,6 +111,19 @@ def test_speed_only_settings_leave_the_hashes_alone(synthetic_dir, tmp_path):
     assert _run_info(tmp_path)["sources_processed"] == 0
 
 
+def test_turning_captions_on_needs_no_new_analysis():
+    """The caption frames are kept whether captioning is on or not: caption.enabled changes no
+    record hash (frames_per_clip does)."""
+    from curation.config import analysis_hash, source_hash
+
+    off = load_config(None, ["raw=r", "out=o", "caption.enabled=false"])
+    on = load_config(None, ["raw=r", "out=o", "caption.enabled=true"])
+    for h in (analysis_hash, source_hash):
+        assert h(off) == h(on), h.__name__
+    more = load_config(None, ["raw=r", "out=o", "caption.enabled=false", "caption.frames_per_clip=7"])
+    assert analysis_hash(off) != analysis_hash(more)
+
+
 class _Counter:
     def __init__(self, fn):
         self.fn, self.calls, self.args = fn, 0, []

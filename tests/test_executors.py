@@ -46,6 +46,39 @@ def _raises_on_2(task):
     return task
 
 
+def _dies_after_returning(task):
+    """Returns its result, then its process dies (exit soon after: the driver has the result)."""
+    import threading
+
+    threading.Timer(0.05, os._exit, (1,)).start()
+    return task
+
+
+def _slowly(items, pause):
+    for t in items:
+        time.sleep(pause)  # the next task reaches a worker only after the previous one died
+        yield t
+
+
+# A replacement worker dies while starting once (spawned processes import this module): the
+# marker is made by _crash_and_poison just before its worker is killed.
+_POISON = os.environ.get("CURATION_TEST_POISON")
+if _POISON and os.path.exists(_POISON) and os.environ.get("CURATION_TEST_DRIVER") != str(os.getpid()):
+    os.remove(_POISON)
+    os._exit(3)
+
+
+def _crash_and_poison(task):
+    i, marker = task
+    flag = Path(marker) / f"crashed{i}"
+    if i == 1 and not flag.exists():
+        flag.touch()
+        Path(os.environ["CURATION_TEST_POISON"]).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)  # the run lasts until the replacement has started
+    return i
+
+
 def _err(task, msg):
     return ("error", task, msg)
 
@@ -96,6 +129,20 @@ def test_a_worker_that_dies_once_is_retried(tmp_path):
     got = list(_local(_crash_once, [(i, str(tmp_path)) for i in range(4)], retries=1))
     assert sorted(got) == [0, 1, 2, 3]
     assert (tmp_path / "crashed1").exists()
+
+
+def test_a_worker_that_dies_after_returning_is_replaced():
+    got = list(_local(_dies_after_returning, _slowly(range(5), 0.3), retries=0))
+    assert sorted(got) == [0, 1, 2, 3, 4]
+
+
+def test_a_replacement_that_dies_while_starting_is_started_again(tmp_path, monkeypatch):
+    poison = tmp_path / "poison"
+    monkeypatch.setenv("CURATION_TEST_POISON", str(poison))
+    monkeypatch.setenv("CURATION_TEST_DRIVER", str(os.getpid()))
+    got = list(_local(_crash_and_poison, [(i, str(tmp_path)) for i in range(10)], retries=1))
+    assert sorted(got) == list(range(10))
+    assert (tmp_path / "crashed1").exists() and not poison.exists()  # the replacement did die once
 
 
 def test_a_worker_that_keeps_dying_costs_only_its_own_task():

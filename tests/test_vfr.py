@@ -110,3 +110,26 @@ def test_clips_are_timed_and_written_on_true_timestamps(vfr, tmp_path, fps):
         assert meta["timing"]["mode"] == "cfr" and meta["fps"] == 10.0 and not meta["timing"]["variable_fps"]
         n = int(t[CUT] * 10 + 1e-6)
         assert len(got) == n and np.allclose(np.diff(got), 0.1, atol=1e-3)
+
+
+def test_steady_stretch_of_a_vfr_file_plays_at_its_own_rate(vfr, tmp_path):
+    """Shot B is evenly spaced at 50 fps inside a file whose average rate is 23.8 fps: its clip is
+    written (and stated) at 50 fps, so the mp4 lasts the shot's true 1.0 s, not 2.1 s."""
+    out = tmp_path / "out"
+    run(load_config(None, [f"raw={vfr}", f"out={out}", "caption.enabled=false", "progress=false", "workers=1",
+                           "clips.min_seconds=0.5", "motion.fast_mean=100"]))  # fmt: skip
+    b = next(c for c in pq.read_table(out / "clips.parquet").to_pylist() if c["start_frame"] == CUT)
+    assert b["kept"] and b["end_frame"] == len(STEPS)
+    assert b["fps"] == pytest.approx(50.0) and b["duration"] == pytest.approx(1.0, abs=1e-3)
+    assert not b["variable_fps"] and b["timing"] == "source"
+    [tar] = (out / "shards").glob("*.tar")
+    with tarfile.open(tar) as tf:
+        name = next(n for n in tf.getnames() if n.endswith(".mp4") and b["key"] in n)
+        mp4 = tf.extractfile(name).read()
+    with av.open(io.BytesIO(mp4)) as c:
+        s = c.streams.video[0]
+        got = np.array([f.pts * float(f.time_base) for f in c.decode(s)])
+        assert float(s.average_rate) == pytest.approx(50.0, rel=1e-3)
+    assert len(got) == b["num_frames"] == 50
+    assert np.allclose(np.diff(got), 0.02, atol=1e-3)
+    assert len(got) / b["fps"] == pytest.approx(b["duration"], abs=1e-3)
