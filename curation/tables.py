@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.schema import MOTION_KEYS
 from curation.workdir import write_atomic
 
 SOURCE_COLUMNS = [
@@ -51,13 +52,7 @@ CLIP_COLUMNS = [
     "boundary_end",
     "trim_start",
     "trim_end",
-    "motion_mean",
-    "motion_peak",
-    "frame_diff_mean",
-    "flow_mean",
-    "shift_mean",
-    "shake_rate",
-    "shake_amplitude",
+    *MOTION_KEYS,
     "kept",
     "stage",
     "reason",

@@ -99,7 +99,9 @@ def test_demo_config_takes_the_shard_dir_from_the_environment(monkeypatch, capsy
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["init_args"]["data_dir"] == "/data/curated"
     assert printed["data"]["init_args"]["patch_size"] == printed["model"]["dit"]["patch_size"] == [1, 2, 2]
-    checkpoints = next(c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+    checkpoints = next(
+        c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")
+    )
     assert checkpoints["init_args"]["dirpath"] == "demo_out/run/checkpoints"
 
 

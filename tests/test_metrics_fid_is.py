@@ -174,6 +174,8 @@ def test_frame_is_equals_the_formula_by_hand_and_is_seeded(inception_file):
     ]
     # the random network is unconfident (IS - 1 ~ 4e-5): torchmetrics works in float32 (~1e-7 of 1, and
     # reduction order varies with the thread count), so compare to 3e-7: under 1% of IS - 1
-    assert out["is_frame_mean"] == pytest.approx(np.mean(scores), abs=3e-7) and out["is_frame_mean"] - 1 > 1e-5
+    assert (
+        out["is_frame_mean"] == pytest.approx(np.mean(scores), abs=3e-7) and out["is_frame_mean"] - 1 > 1e-5
+    )
     assert out["is_frame_std"] == pytest.approx(np.std(scores, ddof=1), abs=3e-7)  # torch.std: unbiased
     assert fi.describe()["is_shuffle_seed"] == 42 and fi.describe()["frames"] == {"real": 0, "fake": 6}

@@ -42,12 +42,14 @@ def test_manifest_frame_counts_fps_and_sizes(synthetic_manifest, decoded):
 
 def test_scenes_tile_the_video(synthetic_manifest):
     for v in synthetic_manifest["videos"]:
-        spans = sorted([(s["start"], s["end"]) for s in v["scenes"]] +
-                       [(t["start"], t["end"]) for t in v["transitions"]])
+        spans = sorted(
+            [(s["start"], s["end"]) for s in v["scenes"]] + [(t["start"], t["end"]) for t in v["transitions"]]
+        )
         assert spans[0][0] == 0 and spans[-1][1] == v["num_frames"]
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), v["file"]
-        assert v["cuts"] == [s["start"] for s in v["scenes"][1:]
-                             if s["start"] not in {t["end"] for t in v["transitions"]}]
+        assert v["cuts"] == [
+            s["start"] for s in v["scenes"][1:] if s["start"] not in {t["end"] for t in v["transitions"]}
+        ]
 
 
 def test_cut_frames_really_change(synthetic_manifest, decoded):
@@ -97,8 +99,9 @@ def test_gradual_transition_present_and_gradual(synthetic_manifest, decoded):
 def test_sidecar_captions_per_scene(synthetic_dir, synthetic_manifest):
     for v in synthetic_manifest["videos"]:
         side = json.loads((synthetic_dir / v["sidecar"]).read_text())
-        assert [(c["start_frame"], c["end_frame"]) for c in side["captions"]] == \
-            [(s["start"], s["end"]) for s in v["scenes"]]
+        assert [(c["start_frame"], c["end_frame"]) for c in side["captions"]] == [
+            (s["start"], s["end"]) for s in v["scenes"]
+        ]
         assert all(c["caption"] for c in side["captions"])
         static = {(s["start"], s["end"]) for s in v["static_spans"]}
         for c in side["captions"]:
@@ -131,7 +134,9 @@ def test_same_seed_byte_identical_other_seed_differs(tmp_path):
 def test_bad_inputs(bad_dir):
     m = json.loads((bad_dir / "manifest.json").read_text())
     kinds = {b["kind"]: b for b in m["bad"]}
-    assert {"zero_byte", "truncated", "random_bytes", "audio_only", "one_frame", "corrupted_mid"} <= set(kinds)
+    assert {"zero_byte", "truncated", "random_bytes", "audio_only", "one_frame", "corrupted_mid"} <= set(
+        kinds
+    )
     for b in m["bad"]:
         assert (bad_dir / b["file"]).exists(), b
         assert b["expect"] in {"error", "rejected", "ok", "skipped", "any"} and b["why"]
@@ -147,9 +152,27 @@ def test_bad_inputs(bad_dir):
 
 def test_cli(tmp_path):
     out = tmp_path / "raw"
-    r = subprocess.run([sys.executable, "-m", "curation.synthetic", str(out), "--videos", "1", "--seed", "1",
-                        "--short-side", "32", "--min-seconds", "1", "--max-seconds", "1.5"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "curation.synthetic",
+            str(out),
+            "--videos",
+            "1",
+            "--seed",
+            "1",
+            "--short-side",
+            "32",
+            "--min-seconds",
+            "1",
+            "--max-seconds",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "wrote 1 videos" in r.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert len(decord.VideoReader(str(out / m["videos"][0]["file"]))) == m["videos"][0]["num_frames"]
