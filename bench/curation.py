@@ -3,9 +3,9 @@
     python bench/curation.py [--videos 6] [--short-side 720] [--seconds 8] [--keep DIR]
 
 analysis_vs_decode       source frames per CPU-second of our single analysis pass (scenedetect detectors +
-                         Farneback and phase-correlation motion + kept frames) over frames/s of a
-                         pure decode of the same files to BGR frames at the same analysis resolution
-                         (goal >= 0.8)
+                         Farneback and phase-correlation motion + kept frames, decoded frames held
+                         for extraction as the pipeline does) over frames/s of a pure decode of the
+                         same files to BGR frames at the same analysis resolution (goal >= 0.8)
 end_to_end_vs_multipass  CPU time of a reference-style pipeline (scenedetect.detect() per file,
                          then a separate seek+decode per scene for Farneback motion, then a
                          seek+decode+encode per scene) over ours end to end without CLIP
@@ -20,7 +20,10 @@ end_to_end_vs_multipass_equal_work
                          side ~flow_short_side) and our motion filter
                          -> per passing clip a seek+decode+encode with our encoder settings
                          (goal >= 1.5). Threads are set the pipeline's way in both: pipeline.limit_threads()
-                         (OpenCV), analysis.threads (decoders), extract.threads (encoder).
+                         (OpenCV), analysis.threads (decoders), extract.threads (encoder). Ours
+                         decodes each source once: extraction takes the analysis pass's held frames
+                         (extract.reuse_decoded_mb, curation/decoded.py); the baseline decodes
+                         each clip again for motion and again for encoding.
 clip_frames_per_s        frames/s through captions.Captioner with a tiny random-init open_clip
                          model (uncalibrated: a speed figure only)
 
@@ -256,10 +259,13 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     from curation.analysis import analyze, detector_size
-    from curation.config import AnalysisConfig, load_config
+    from curation.config import AnalysisConfig, ExtractConfig, load_config
+    from curation.decoded import DecodedFrames, keep_freed_memory
     from curation.pipeline import limit_threads, run
 
     limit_threads()  # as every pipeline worker does
+    held = DecodedFrames(ExtractConfig().reuse_decoded_mb << 20)  # as process_source holds frames
+    keep_freed_memory(held.budget)
     from curation.synthetic import generate
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_curation_"))
@@ -291,7 +297,8 @@ def main(argv=None) -> dict:
             pure_decode(path, size)
             d.append(time.process_time() - c0), w.append(time.perf_counter() - w0)
             c0, w0 = time.process_time(), time.perf_counter()
-            analyze(path, acfg, fps=v["fps"])
+            analyze(path, acfg, fps=v["fps"], decoded=held)
+            held.clear()
             da.append(time.process_time() - c0), wa.append(time.perf_counter() - w0)
         cpu_dec, cpu_ana, wall_dec, wall_ana = (
             cpu_dec + min(d),

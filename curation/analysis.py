@@ -33,6 +33,7 @@ from av.video.reformatter import VideoReformatter
 from scenedetect.common import FrameTimecode, Timecode
 
 from curation.config import AnalysisConfig
+from curation.decoded import DecodedFrames
 
 LINEAR_K = 3  # linearity triples are (c - LINEAR_K, c, c + LINEAR_K): see curation/scenes.py
 MIN_RESPONSE = 0.3  # phase-correlation peaks weaker than this give no per-frame shift (NaN)
@@ -248,8 +249,11 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) -> Analysis:
-    """The single analysis decode pass over `path` (see the module docstring)."""
+def analyze(
+    path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0, decoded: DecodedFrames | None = None
+) -> Analysis:
+    """The single analysis decode pass over `path` (see the module docstring). `decoded`: a window
+    that keeps the decoded frames for extraction (curation/decoded.py)."""
     detectors = make_detectors(cfg)
     flow_every = max(1, round(fps / cfg.flow_fps)) if cfg.flow_fps > 0 else 0
     keep_every = fps / cfg.keep_fps if cfg.keep_fps > 0 else 0
@@ -264,6 +268,8 @@ def analyze(path: str, cfg: AnalysisConfig, *, fps: float, rotation: int = 0) ->
     last_tc = None
     scaler, keeper = VideoReformatter(), VideoReformatter()  # persistent: reuse their SwsContexts
     for d in iter_frames(path, threads=cfg.threads, stats=stats):
+        if decoded is not None:
+            decoded.add(d.index, d.frame)
         frame_pts.append(d.frame.pts)
         if d.frame.key_frame:
             key_frames.append(d.index)

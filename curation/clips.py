@@ -29,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 
 from curation.analysis import iter_frames, rotate
 from curation.config import ExtractConfig
+from curation.decoded import DecodedFrames
 
 
 @dataclass
@@ -230,13 +231,16 @@ def extract(
     frame_pts: list | None = None,
     frame_times: np.ndarray | None = None,
     key_frames: list | None = None,
+    decoded: DecodedFrames | None = None,
 ) -> list[ClipOut]:
     """Write every clip of one source in one forward decode (seeking over long gaps between
     clips when `frame_pts`, the analysis pass's pts of every frame index, allows); verify each
     clip's frames. `frame_times`: (N + 1,) seconds of every frame's start and the last one's end
     (Analysis.times); without them frames are taken as evenly spaced at `source_rate`.
     `key_frames` (Analysis.key_frames): where a key frame lies between two clips, the decode seeks
-    to it rather than decoding through the gap, whatever its length (never more decoding)."""
+    to it rather than decoding through the gap, whatever its length (never more decoding).
+    `decoded`: the analysis pass's decoded frames (curation/decoded.py); frames it holds are not
+    decoded again."""
     if not specs:
         return []
     if frame_times is None:
@@ -260,7 +264,7 @@ def extract(
         gap = max(1, round(cfg.seek_gap_seconds * float(source_rate))) if _seekable(frame_pts) else 1 << 62
         keys = key_frames if key_frames is not None and _seekable(frame_pts) else None
         for first, last in _segments(specs, final, gap, keys):
-            for index, frame in _decode_from(path, first, frame_pts, threads):
+            for index, frame in _frames_from(path, first, frame_pts, threads, decoded):
                 if index > last:
                     break
                 jobs = plan.get(index)
@@ -326,6 +330,24 @@ def _segments(
 def _seekable(frame_pts: list | None) -> bool:
     """Frames can be named by pts: all known and distinct."""
     return bool(frame_pts) and None not in frame_pts and len(set(frame_pts)) == len(frame_pts)
+
+
+def _frames_from(path: str, first: int, frame_pts: list | None, threads: int, decoded: DecodedFrames | None):
+    """(index, frame) from frame `first` on: from the analysis pass's `decoded` frames where they
+    hold the rest of the source, else decoded (until the held frames begin)."""
+    if decoded is not None and decoded.covers_from(first):
+        yield from decoded.iter_from(first)
+        return
+    frames = _decode_from(path, first, frame_pts, threads)
+    try:
+        for index, frame in frames:
+            yield index, frame
+            if decoded is not None and decoded.covers_from(index + 1):
+                frames.close()  # the decoder and file close before the held frames are used
+                yield from decoded.iter_from(index + 1)
+                return
+    finally:
+        frames.close()
 
 
 def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):

@@ -43,6 +43,7 @@ from curation.config import (
     source_hash,
     to_dict,
 )
+from curation.decoded import DecodedFrames, keep_freed_memory
 from curation.discover import Source, discover
 from curation.finalize import finalize
 from curation.workdir import work_dir, write_atomic
@@ -183,14 +184,18 @@ def process_source(task: dict) -> dict:
     rec = new_record(task["source"], task["hashes"])
     wd = work_dir(out, src.source_id)
     prior = task.get("prior")
+    decoded = DecodedFrames(cfg.extract.reuse_decoded_mb << 20)  # analysis -> extraction, no re-decode
+    keep_freed_memory(decoded.budget)
     try:
         if prior:  # same analysis settings: its candidates and scores stand, nothing is decoded for them
             rec.update({k: prior[k] for k in ANALYSIS_FIELDS}, caption_inputs=prior.get("caption_inputs"))
             frame_pts = None
         else:
-            frame_pts = analyse(src, cfg, out, wd, rec)
+            frame_pts = analyse(src, cfg, out, wd, rec, decoded)
         same_encoder = prior is not None and prior.get("extract_hash") == rec["extract_hash"]
-        filter_and_extract(src, cfg, wd, rec, frame_pts, reuse=prior if same_encoder else None)
+        filter_and_extract(
+            src, cfg, wd, rec, frame_pts, reuse=prior if same_encoder else None, decoded=decoded
+        )
     except Exception as e:  # noqa: BLE001 - a bad source must never stop the run
         from curation.probe import Rejected, Unreadable
 
@@ -198,13 +203,18 @@ def process_source(task: dict) -> dict:
         rec["reason"] = str(e) if isinstance(e, (Rejected, Unreadable)) else f"{type(e).__name__}: {e}"
         if not isinstance(e, (Rejected, Unreadable)):
             rec["traceback"] = traceback.format_exc(limit=8)
+    finally:
+        decoded.clear()  # the frame buffers go back now, not when the worker's next source starts
     rec["elapsed_s"] = round(time.time() - t0, 3)
     return seal(out, rec)
 
 
-def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> list:
+def analyse(
+    src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict, decoded: DecodedFrames | None = None
+) -> dict:
     """Probe, one decode pass, candidate clips with their scores, thumbnails and caption frames.
-    Fills rec's analysis fields; returns the pts of every frame (for extraction)."""
+    Fills rec's analysis fields (and `decoded` with the pass's frames); returns the pts, times and
+    key frames of every frame (for extraction)."""
     from curation.analysis import analyze
     from curation.probe import Unreadable, check, probe
     from curation.scenes import candidates, find_transitions
@@ -219,7 +229,7 @@ def analyse(src: Source, cfg: CurateConfig, out: Path, wd: Path, rec: dict) -> l
         min_short_side=cfg.probe.min_short_side,
         max_pixels=cfg.probe.max_pixels,
     )
-    a = analyze(src.path, cfg.analysis, fps=info.fps, rotation=info.rotation)
+    a = analyze(src.path, cfg.analysis, fps=info.fps, rotation=info.rotation, decoded=decoded)
     if a.num_frames < 2:
         raise Unreadable(f"only {a.num_frames} frame(s) decodable")
     rec["cuts"], rec["corrupt_packets"] = a.cuts, a.corrupt_packets
@@ -314,11 +324,17 @@ def keep_caption_frames(a, row: dict, cfg: CurateConfig, wd: Path) -> None:
 
 
 def filter_and_extract(
-    src: Source, cfg: CurateConfig, wd: Path, rec: dict, frame_pts: dict | None, reuse: dict | None
+    src: Source,
+    cfg: CurateConfig,
+    wd: Path,
+    rec: dict,
+    frame_pts: dict | None,
+    reuse: dict | None,
+    decoded: DecodedFrames | None = None,
 ) -> None:
     """Motion filter over the candidates' stored scores, then frame-accurate extraction of the clips
-    that pass; clips that `reuse` (a record made with the same encoder settings) kept are not
-    encoded again. Sets rec["clips"]."""
+    that pass (from the analysis pass's `decoded` frames where it holds them); clips that `reuse`
+    (a record made with the same encoder settings) kept are not encoded again. Sets rec["clips"]."""
     from curation import motion
     from curation.clips import ClipSpec
 
@@ -338,7 +354,7 @@ def filter_and_extract(
             specs.append(ClipSpec(row["key"], row["start_frame"], row["end_frame"], str(mp4)))
         rows.append(row)
     if specs:
-        extract_clips(src, cfg, wd, rec["probe"], specs, rows, frame_pts)
+        extract_clips(src, cfg, wd, rec["probe"], specs, rows, frame_pts, decoded)
     kept = {row["key"] for row in rows if row["kept"]}
     for mp4 in (wd / "clips").glob("*.mp4"):  # clips a tightened threshold no longer keeps
         if mp4.stem not in kept:
@@ -349,7 +365,14 @@ def filter_and_extract(
 
 
 def extract_clips(
-    src: Source, cfg: CurateConfig, wd: Path, probe: dict, specs: list, rows: list, frame_pts: dict | None
+    src: Source,
+    cfg: CurateConfig,
+    wd: Path,
+    probe: dict,
+    specs: list,
+    rows: list,
+    frame_pts: dict | None,
+    decoded: DecodedFrames | None = None,
 ) -> None:
     """Encode `specs` from the source in one forward decode; mark their rows kept (with the mp4's
     frame count, rate and size) or dropped at stage `extract`."""
@@ -369,6 +392,7 @@ def extract_clips(
         frame_pts=frame_pts["pts"],
         frame_times=np.asarray(frame_pts["times"], np.float64),
         key_frames=frame_pts.get("key_frames"),  # absent in records written before they were kept
+        decoded=decoded,
     )
     by_key = {r.key: r for r in results}
     for row in rows:

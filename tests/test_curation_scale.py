@@ -101,13 +101,27 @@ def test_speed_only_settings_leave_the_hashes_alone(synthetic_dir, tmp_path):
     base = load_config(None, ["raw=r", "out=o"])
     speed = load_config(
         None,
-        ["raw=r", "out=o", "analysis.threads=4", "extract.seek_gap_seconds=0.5", "workers=3", "executor=ray"],
+        [
+            "raw=r",
+            "out=o",
+            "analysis.threads=4",
+            "extract.seek_gap_seconds=0.5",
+            "extract.reuse_decoded_mb=0",
+            "workers=3",
+            "executor=ray",
+        ],
     )
     for h in (config_hash, source_hash, analysis_hash):
         assert h(base) == h(speed), h.__name__
     assert source_hash(base) != source_hash(load_config(None, ["raw=r", "out=o", "motion.fast_mean=0.5"]))
     curate(synthetic_dir, tmp_path)
-    curate(synthetic_dir, tmp_path, "analysis.threads=2", "extract.seek_gap_seconds=0.1")
+    curate(
+        synthetic_dir,
+        tmp_path,
+        "analysis.threads=2",
+        "extract.seek_gap_seconds=0.1",
+        "extract.reuse_decoded_mb=1",
+    )
     assert _run_info(tmp_path)["sources_processed"] == 0
 
 
