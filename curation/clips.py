@@ -264,7 +264,7 @@ def extract(
         gap = max(1, round(cfg.seek_gap_seconds * float(source_rate))) if _seekable(frame_pts) else 1 << 62
         keys = key_frames if key_frames is not None and _seekable(frame_pts) else None
         for first, last in _segments(specs, final, gap, keys):
-            for index, frame in _frames_from(path, first, frame_pts, threads, decoded):
+            for index, frame in _frames_from(path, first, frame_pts, threads, decoded, keys):
                 if index > last:
                     break
                 jobs = plan.get(index)
@@ -332,13 +332,20 @@ def _seekable(frame_pts: list | None) -> bool:
     return bool(frame_pts) and None not in frame_pts and len(set(frame_pts)) == len(frame_pts)
 
 
-def _frames_from(path: str, first: int, frame_pts: list | None, threads: int, decoded: DecodedFrames | None):
+def _frames_from(
+    path: str,
+    first: int,
+    frame_pts: list | None,
+    threads: int,
+    decoded: DecodedFrames | None,
+    keys: list | None = None,
+):
     """(index, frame) from frame `first` on: from the analysis pass's `decoded` frames where they
     hold the rest of the source, else decoded (until the held frames begin)."""
     if decoded is not None and decoded.covers_from(first):
         yield from decoded.iter_from(first)
         return
-    frames = _decode_from(path, first, frame_pts, threads)
+    frames = _decode_from(path, first, frame_pts, threads, keys)
     try:
         for index, frame in frames:
             yield index, frame
@@ -350,22 +357,61 @@ def _frames_from(path: str, first: int, frame_pts: list | None, threads: int, de
         frames.close()
 
 
-def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):
+def _decode_from(path: str, first: int, frame_pts: list | None, threads: int, keys: list | None = None):
     """(index, frame) from frame `first` on. With the analysis pass's pts per index (unique, known)
     we seek to the keyframe before `first` and name frames by pts; otherwise decode from the start
-    and count, exactly as the analysis pass did."""
+    and count, exactly as the analysis pass did. When frame `first` does not come out after the
+    seek (a leading frame of an open GOP: it references the GOP before the key frame the seek
+    landed on, and FFmpeg drops it), the seek goes back a key frame (`keys`, the analysis pass's
+    key-frame indices; without them further and further back) until it does."""
     if not _seekable(frame_pts) or first == 0:
         for d in iter_frames(path, threads=threads):
             if d.index >= first:
                 yield d.index, d.frame
         return
     index_of = {p: i for i, p in enumerate(frame_pts)}
+    for target in _seek_targets(first, keys):
+        if target == 0:
+            yield from _decode_from(path, first, None, threads)
+            return
+        frames, whole = _decode_after_seek(path, frame_pts[target], index_of, threads), None
+        try:
+            for i, frame in frames:
+                if i < first:
+                    continue
+                if whole is None and not (whole := i == first):
+                    break  # frame `first` was dropped: seek further back
+                yield i, frame
+        finally:
+            frames.close()
+        if whole is not False:
+            return
+
+
+def _seek_targets(first: int, keys: list | None):
+    """Frame indices to seek to for a decode from `first`: itself (FFmpeg lands on the key frame
+    before it), then the key frames before it, latest first, then the start."""
+    import bisect
+
+    yield first
+    before = keys[: bisect.bisect_left(keys, first)] if keys else []
+    yield from reversed(before[-2:])
+    back = 16
+    while first - back > 0 and not before:
+        yield first - back
+        back *= 4
+    yield 0
+
+
+def _decode_after_seek(path: str, pts: int, index_of: dict, threads: int):
+    """(index, frame) of every frame named in `index_of` that decodes after a seek to the key frame
+    at or before `pts`."""
     with av.open(path) as container:
         stream = container.streams.video[0]
         if threads != 1:
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = max(0, threads)
-        container.seek(frame_pts[first], stream=stream, backward=True, any_frame=False)
+        container.seek(pts, stream=stream, backward=True, any_frame=False)
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -373,7 +419,7 @@ def _decode_from(path: str, first: int, frame_pts: list | None, threads: int):
                 continue  # the analysis pass skipped the same corrupt packet
             for frame in frames:
                 i = index_of.get(frame.pts)
-                if i is not None and i >= first:
+                if i is not None:
                     yield i, frame
 
 

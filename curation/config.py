@@ -131,9 +131,10 @@ class ExtractConfig:
     fps: float = _f(0.0, "resample clips to this constant frame rate (0 = keep the source rate)")
     threads: int = _f(1, "encoder threads per clip")
     reuse_decoded_mb: int = _f(
-        1024,
+        -1,
         "MiB of decoded frames per worker the analysis pass keeps for extraction, so kept clips are "
-        "not decoded again (a 720p 4:2:0 frame is 1.3 MiB, 1080p 3.0); 0 = decode them again",
+        "not decoded again (a 720p 4:2:0 frame is 1.3 MiB, 1080p 3.0); -1 = auto (1024, or a quarter "
+        "of the machine's memory per CPU when that is less), 0 = decode them again",
     )
     seek_gap_seconds: float = _f(
         2.0,

@@ -4,7 +4,8 @@ The analysis pass decodes every frame of a source; extraction needs the frames o
 pass the motion filter, which is only known after the pass. Rather than decode those frames again
 (a seek and a decode per stretch of clips), the analysis pass keeps its decoded frames, as
 FFmpeg decoded them (no copy, no conversion), in a bounded window: at most
-`extract.reuse_decoded_mb` of frame buffers per worker, the newest ones (a source that fits is
+`extract.reuse_decoded_mb` of frame buffers per worker (auto: 1 GiB, less on machines with little
+memory per CPU; `budget_bytes`), the newest ones (a source that fits is
 held whole; of a longer one, its last frames). Extraction takes a frame from the window when it
 is there and decodes the rest as before: the encoder sees the same frames either way, so the
 clips are byte-identical (tests/test_decoded_reuse.py).
@@ -12,6 +13,7 @@ clips are byte-identical (tests/test_decoded_reuse.py).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -93,6 +95,38 @@ def keep_freed_memory(budget_bytes: int) -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): nothing to tune
         return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    if mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, int(budget_bytes) + (64 << 20)):
+    trim = min(int(budget_bytes) + (64 << 20), 2**31 - 1)  # a C int: 2 GiB at most
+    if mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, trim):
         _HEAP_KEPT = budget_bytes
+
+
+AUTO_MAX_MB = 1024  # the most extract.reuse_decoded_mb=-1 (auto) holds per worker
+
+
+def budget_bytes(reuse_decoded_mb: int) -> int:
+    """Bytes of decoded frames a worker holds for `extract.reuse_decoded_mb`: as given, or for -1
+    (auto) AUTO_MAX_MB, but no more than a quarter of this machine's memory per CPU (one worker
+    per CPU is the default; a cgroup memory limit counts)."""
+    if reuse_decoded_mb >= 0:
+        return reuse_decoded_mb << 20
+    total = _memory_bytes()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(AUTO_MAX_MB << 20, total // (4 * cpus)) if total else AUTO_MAX_MB << 20
+
+
+def _memory_bytes() -> int:
+    """This machine's memory, or the container's cgroup limit when lower (0 if unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = open(limit).read().strip()
+        except OSError:
+            continue
+        if value.isdigit() and (not total or int(value) < total):
+            total = int(value)
+    return total

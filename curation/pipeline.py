@@ -43,7 +43,7 @@ from curation.config import (
     source_hash,
     to_dict,
 )
-from curation.decoded import DecodedFrames, keep_freed_memory
+from curation.decoded import DecodedFrames, budget_bytes, keep_freed_memory
 from curation.discover import Source, discover
 from curation.finalize import finalize
 from curation.workdir import work_dir, write_atomic
@@ -184,7 +184,7 @@ def process_source(task: dict) -> dict:
     rec = new_record(task["source"], task["hashes"])
     wd = work_dir(out, src.source_id)
     prior = task.get("prior")
-    decoded = DecodedFrames(cfg.extract.reuse_decoded_mb << 20)  # analysis -> extraction, no re-decode
+    decoded = DecodedFrames(budget_bytes(cfg.extract.reuse_decoded_mb))  # analysis -> extraction
     keep_freed_memory(decoded.budget)
     try:
         if prior:  # same analysis settings: its candidates and scores stand, nothing is decoded for them

@@ -103,14 +103,23 @@ def test_clips_from_held_frames_equal_clips_decoded_again(source, tmp_path, monk
     assert not set(range(n - 25, n)) & set(decoded_frames)
 
 
-def test_curation_outputs_do_not_depend_on_the_window(synthetic_dir, tmp_path):
+def test_curation_outputs_do_not_depend_on_the_window(synthetic_dir, tmp_path, monkeypatch):
     """The whole pipeline with frames held (default), with none held, and with a window smaller
-    than every source: the same clips, byte for byte."""
+    than every source: the same clips, byte for byte; with the window nothing is decoded again."""
     from curation.config import load_config
     from curation.pipeline import run
 
-    got = {}
+    seeks = []
+    real_decode = clips_mod._decode_from
+
+    def counting(*args, **kwargs):
+        seeks.append(args[1])
+        yield from real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(clips_mod, "_decode_from", counting)
+    got, decodes = {}, {}
     for mb in (1024, 0, 1):
+        seeks.clear()
         out = tmp_path / f"o{mb}"
         run(
             load_config(
@@ -126,5 +135,75 @@ def test_curation_outputs_do_not_depend_on_the_window(synthetic_dir, tmp_path):
             )
         )
         got[mb] = {p.name: p.read_bytes() for p in sorted(out.rglob("*.mp4"))}
+        decodes[mb] = len(seeks)
     assert got[1024] and got[1024] == got[0] == got[1]
+    assert decodes[1024] == 0 and decodes[0] > 0 and decodes[1] > 0, decodes
     assert np.all([len(b) > 0 for b in got[0].values()])
+
+
+@pytest.fixture(scope="module")
+def open_gop(tmp_path_factory):
+    """150 frames of a texture drifting a pixel per frame, x264 with open GOPs of 30 and 3 B-frames:
+    the B-frames before each key frame (in display order) reference the GOP before it."""
+    import av
+
+    path = tmp_path_factory.mktemp("opengop") / "open_gop.mp4"
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (64, 256, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(
+            "libx264",
+            rate=25,
+            options={"x264-params": "keyint=30:min-keyint=30:bframes=3:open-gop=1:scenecut=0", "crf": "20"},
+        )
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(150):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, i : i + 64]), format="rgb24")
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    return str(path)
+
+
+def test_open_gop_clips_start_on_their_first_frame_with_or_without_held_frames(open_gop, tmp_path):
+    """Clips starting on a leading frame of an open GOP: a seek to the key frame after it drops that
+    frame; extraction must seek further back (it used to fail with a frame count mismatch)."""
+    a = analyze(open_gop, AnalysisConfig(), fps=25.0)
+    assert a.num_frames == 150
+    spans = [(29, 41), (89, 101), (118, 131)]
+    got = {}
+    variants = {  # name: (held frames, frame pts known, key frames known)
+        "again": (None, True, True),
+        "held": (DecodedFrames(1 << 40), True, True),
+        "no_keys": (None, True, False),  # seeks back further and further
+        "linear": (None, False, False),  # decodes from the start
+    }
+    for name, (decoded, with_pts, with_keys) in variants.items():
+        if decoded is not None:
+            analyze(open_gop, AnalysisConfig(), fps=25.0, decoded=decoded)
+        specs = [ClipSpec(f"k{i}", s, e, str(tmp_path / f"{name}{i}.mp4")) for i, (s, e) in enumerate(spans)]
+        out = extract(
+            open_gop,
+            specs,
+            source_rate=Fraction(25),
+            rotation=0,
+            cfg=ExtractConfig(),
+            frame_pts=a.frame_pts if with_pts else None,
+            frame_times=a.times,
+            key_frames=a.key_frames if with_keys else None,
+            decoded=decoded,
+        )
+        assert [r.error for r in out] == ["", "", ""], name
+        assert [r.num_frames for r in out] == [e - s for s, e in spans]
+        got[name] = [open(s.path, "rb").read() for s in specs]
+    assert got["again"] == got["held"] == got["no_keys"] == got["linear"]
+
+
+def test_the_automatic_budget_leaves_room_on_machines_with_little_memory_per_cpu(monkeypatch):
+    from curation import decoded
+
+    monkeypatch.setattr(decoded.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(decoded, "_memory_bytes", lambda: 64 << 30)
+    assert decoded.budget_bytes(-1) == decoded.AUTO_MAX_MB << 20  # plenty: the cap
+    monkeypatch.setattr(decoded, "_memory_bytes", lambda: 4 << 30)
+    assert decoded.budget_bytes(-1) == 512 << 20  # 2 GiB per CPU: a quarter of it
+    assert decoded.budget_bytes(0) == 0 and decoded.budget_bytes(3000) == 3000 << 20  # as given
