@@ -395,11 +395,13 @@ def _seek_targets(first: int, keys: list | None):
 
     yield first
     before = keys[: bisect.bisect_left(keys, first)] if keys else []
-    yield from reversed(before[-2:])
-    back = 16
-    while first - back > 0 and not before:
-        yield first - back
-        back *= 4
+    if before:
+        yield from reversed(before[-2:])
+    else:
+        back = 16
+        while first - back > 0:
+            yield first - back
+            back *= 4
     yield 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ class DecodedFrames:
 
     def iter_from(self, index: int) -> Iterator[tuple[int, av.VideoFrame]]:
         """(index, frame) from `index` to the newest frame held; `covers_from(index)` must hold."""
-        for k in range(index - self.lo, len(self.frames)):
-            yield self.lo + k, self.frames[k]
+        yield from enumerate(islice(self.frames, index - self.lo, None), start=index)
 
     def clear(self) -> None:
         self.frames.clear()
